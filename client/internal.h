@@ -1,0 +1,106 @@
+/*
+ * internal.h - libtally's internals, shared by its files.
+ */
+#ifndef TALLY_INTERNAL_H
+#define TALLY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <lmdb.h>
+
+#include "ledger_format.h"
+#include "paths.h"
+#include "tally.h"
+
+/* Largest batch a client sends in one message. */
+#define CLIENT_BATCH_BYTES (64 * 1024)
+
+/* queue.c: usages recorded but not yet known to be committed. */
+struct qentry {
+	uint64_t seq;
+	/* Hash of the session id, to find a session's entries quickly. */
+	uint64_t session_hash;
+	uint32_t len;
+	uint8_t *data;
+};
+
+struct queue {
+	struct qentry *e;
+	size_t cap;
+	size_t head;
+	size_t count;
+	/* Entries from head on that were sent at least once. */
+	size_t sent;
+};
+
+int queue_init(struct queue *q, size_t cap);
+void queue_fini(struct queue *q);
+struct qentry *queue_at(struct queue *q, size_t i);
+/* Takes ownership of data; -ENOBUFS when full. */
+int queue_push(struct queue *q, uint64_t seq, uint64_t session_hash,
+	       uint8_t *data, uint32_t len);
+/* Drops the entries up to and including seq. */
+void queue_trim(struct queue *q, uint64_t seq);
+/* Marks the entries from seq on as not sent. */
+void queue_rewind(struct queue *q, uint64_t seq);
+uint64_t hash_session(const char *s, size_t len);
+
+/* reader.c: one read-only view of a ledger per process and path. */
+struct reader {
+	MDB_env *env;
+	MDB_dbi usage;
+	MDB_dbi sessions;
+	MDB_dbi producers;
+	/* Shared by transactions, exclusive to adopt a grown map. */
+	pthread_rwlock_t resize;
+	unsigned long fork_gen;
+	int refs;
+	char path[PATHS_SUN_MAX + 16];
+	struct reader *next;
+};
+
+int reader_get(const char *path, struct reader **out);
+void reader_put(struct reader *r);
+int reader_begin(struct reader *r, MDB_txn **txn);
+void reader_end(struct reader *r, MDB_txn *txn);
+int reader_producer_seq(struct reader *r, MDB_txn *txn, const uint8_t *id,
+			uint64_t *seq);
+int reader_errno(int mdb_rc);
+
+struct tally {
+	pthread_mutex_t lock;
+	struct tally_paths paths;
+	size_t queue_max;
+	int record_timeout_ms;
+	int close_timeout_ms;
+	/* fork_gen when the sockets, producer id and queue were made. */
+	unsigned long fork_gen;
+	uint8_t producer[LEDGER_PRODUCER_ID_LEN];
+	uint64_t last_seq;
+	/* Highest sequence known committed, and when it last moved. */
+	uint64_t committed;
+	uint64_t progress_ms;
+	uint64_t maintain_ms;
+	struct queue q;
+	int push;
+	int req;
+	struct reader *reader;
+	struct tally *next;
+	struct tally *prev;
+};
+
+/* Bumped in every child after fork(); read without a lock. */
+extern volatile unsigned long tally_fork_gen;
+
+uint64_t tally_now_ms(void);
+/* Locks t, first making it a new producer if this is a forked child. */
+int tally_enter_locked(struct tally *t);
+/* Reads the committed sequence from the ledger and trims the queue. */
+int tally_refresh_committed(struct tally *t);
+int tally_reader(struct tally *t, struct reader **r);
+
+#endif

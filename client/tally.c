@@ -1,0 +1,674 @@
+/*
+ * tally.c - handles, recording, delivery and confirmation.
+ *
+ * A usage is packed once, when it is recorded, and kept packed in the
+ * handle's queue until the ledger shows it committed; a send, or a resend,
+ * only concatenates queued usages behind a batch header.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nanomsg/nn.h>
+#include <nanomsg/pipeline.h>
+#include <nanomsg/reqrep.h>
+
+#include "internal.h"
+#include "jsonw.h"
+#include "tally.pb-c.h"
+#include "usage_check.h"
+
+#define DEFAULT_QUEUE_MAX 65536
+#define DEFAULT_CLOSE_TIMEOUT_MS 5000
+/* How often a busy handle looks at what the ledger has committed. */
+#define MAINTAIN_MS 50
+/*
+ * Sent usages that the ledger has not moved past for this long were lost
+ * (a daemon restart) and are sent again; the daemon drops any repeat.
+ */
+#define RESEND_AFTER_MS 500
+/* Longest the daemon holds one sync request before it answers. */
+#define SYNC_WAIT_MS 100
+
+volatile unsigned long tally_fork_gen;
+
+static pthread_mutex_t handles_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tally *handles;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+uint64_t tally_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void close_sockets(struct tally *t)
+{
+	if (t->push >= 0)
+		nn_close(t->push);
+	if (t->req >= 0)
+		nn_close(t->req);
+	t->push = t->req = -1;
+}
+
+/*
+ * nanomsg's worker threads do not survive fork(): a child whose parent
+ * had a socket open can block for good in nn_send. Closing every socket
+ * before the fork lets nanomsg shut its threads down; both processes
+ * reopen on their next call. Sent but unconfirmed usages stay queued.
+ */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&handles_lock);
+	for (struct tally *t = handles; t != NULL; t = t->next) {
+		pthread_mutex_lock(&t->lock);
+		close_sockets(t);
+	}
+}
+
+static void atfork_parent(void)
+{
+	for (struct tally *t = handles; t != NULL; t = t->next)
+		pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&handles_lock);
+}
+
+static void atfork_child(void)
+{
+	tally_fork_gen++;
+	atfork_parent();
+}
+
+static void register_atfork(void)
+{
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+static int new_producer(struct tally *t)
+{
+	size_t got = 0;
+
+	while (got < sizeof(t->producer)) {
+		ssize_t n = getrandom(t->producer + got,
+				      sizeof(t->producer) - got, 0);
+
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n > 0)
+			got += (size_t)n;
+	}
+	t->last_seq = 0;
+	t->committed = 0;
+	t->progress_ms = tally_now_ms();
+	return 0;
+}
+
+static int open_socket(int protocol, const char *url)
+{
+	int s = nn_socket(AF_SP, protocol);
+	int ivl = 100, buf = 1 << 20;
+
+	if (s < 0)
+		return -nn_errno();
+	/* Reconnect quickly to a restarted daemon. */
+	nn_setsockopt(s, NN_SOL_SOCKET, NN_RECONNECT_IVL, &ivl, sizeof(ivl));
+	nn_setsockopt(s, NN_SOL_SOCKET, NN_RECONNECT_IVL_MAX, &ivl,
+		      sizeof(ivl));
+	if (protocol == NN_PUSH)
+		nn_setsockopt(s, NN_SOL_SOCKET, NN_SNDBUF, &buf, sizeof(buf));
+	if (nn_connect(s, url) < 0) {
+		int err = nn_errno();
+
+		nn_close(s);
+		return -err;
+	}
+	return s;
+}
+
+static int ensure_sockets(struct tally *t)
+{
+	if (t->push < 0) {
+		t->push = open_socket(NN_PUSH, t->paths.ingest_url);
+		if (t->push < 0) {
+			int err = t->push;
+
+			t->push = -1;
+			return err;
+		}
+	}
+	if (t->req < 0) {
+		t->req = open_socket(NN_REQ, t->paths.control_url);
+		if (t->req < 0) {
+			int err = t->req;
+
+			t->req = -1;
+			return err;
+		}
+	}
+	return 0;
+}
+
+/*
+ * After fork() the child is a new producer: the queue it inherited is the
+ * parent's, which alone resends it, so the child forgets it, and the
+ * reader and sockets it inherited are the parent's too.
+ */
+static int check_fork(struct tally *t)
+{
+	if (t->fork_gen == tally_fork_gen)
+		return 0;
+	queue_fini(&t->q);
+	t->reader = NULL;
+	t->push = t->req = -1;
+	t->fork_gen = tally_fork_gen;
+	if (queue_init(&t->q, t->queue_max) < 0)
+		return -ENOMEM;
+	return new_producer(t);
+}
+
+int tally_enter_locked(struct tally *t)
+{
+	int rc;
+
+	pthread_mutex_lock(&t->lock);
+	rc = check_fork(t);
+	if (rc < 0)
+		pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int tally_open_ex(struct tally **out, const struct tally_options *opts)
+{
+	struct tally_options o = { 0 };
+	struct tally *t;
+	int rc;
+
+	if (out == NULL)
+		return -EINVAL;
+	*out = NULL;
+	if (opts != NULL)
+		o = *opts;
+	pthread_once(&atfork_once, register_atfork);
+	t = calloc(1, sizeof(*t));
+	if (t == NULL)
+		return -ENOMEM;
+	t->push = t->req = -1;
+	t->fork_gen = tally_fork_gen;
+	t->queue_max = o.queue_max ? o.queue_max : DEFAULT_QUEUE_MAX;
+	t->record_timeout_ms = o.record_timeout_ms;
+	t->close_timeout_ms = o.close_timeout_ms ? o.close_timeout_ms
+						 : DEFAULT_CLOSE_TIMEOUT_MS;
+	if ((rc = paths_init(&t->paths, o.dir)) < 0 ||
+	    (rc = queue_init(&t->q, t->queue_max)) < 0 ||
+	    (rc = new_producer(t)) < 0 || (rc = ensure_sockets(t)) < 0)
+		goto fail;
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_mutex_lock(&handles_lock);
+	t->next = handles;
+	if (handles != NULL)
+		handles->prev = t;
+	handles = t;
+	pthread_mutex_unlock(&handles_lock);
+	*out = t;
+	return 0;
+fail:
+	close_sockets(t);
+	queue_fini(&t->q);
+	free(t);
+	return rc;
+}
+
+int tally_open(struct tally **out, const char *dir)
+{
+	struct tally_options o = { .dir = dir };
+
+	return tally_open_ex(out, &o);
+}
+
+int tally_reader(struct tally *t, struct reader **r)
+{
+	int rc = 0;
+
+	if (t->reader == NULL)
+		rc = reader_get(t->paths.ledger, &t->reader);
+	*r = t->reader;
+	return rc;
+}
+
+static void note_committed(struct tally *t, uint64_t seq)
+{
+	if (seq > t->committed) {
+		t->committed = seq;
+		t->progress_ms = tally_now_ms();
+	}
+	queue_trim(&t->q, t->committed);
+}
+
+int tally_refresh_committed(struct tally *t)
+{
+	struct reader *r;
+	MDB_txn *txn;
+	uint64_t seq;
+	int rc;
+
+	if ((rc = tally_reader(t, &r)) < 0 || (rc = reader_begin(r, &txn)) < 0)
+		return rc;
+	rc = reader_producer_seq(r, txn, t->producer, &seq);
+	reader_end(r, txn);
+	if (rc == 0)
+		note_committed(t, seq);
+	return rc;
+}
+
+/* Packs the batch header; usages are appended as field 3 by hand. */
+static size_t pack_header(struct tally *t, uint64_t first_seq, uint8_t *buf)
+{
+	Tally__Batch b = TALLY__BATCH__INIT;
+
+	b.producer.len = sizeof(t->producer);
+	b.producer.data = t->producer;
+	b.first_seq = first_seq;
+	return tally__batch__pack(&b, buf);
+}
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+/* Builds one message from the unsent entries; returns how many it took. */
+static size_t build_batch(struct tally *t, uint8_t *buf, size_t *len)
+{
+	struct qentry *e = queue_at(&t->q, t->q.sent);
+	size_t n = pack_header(t, e->seq, buf), i;
+
+	for (i = t->q.sent; i < t->q.count; i++) {
+		e = queue_at(&t->q, i);
+		if (i > t->q.sent && n + e->len + 11 > CLIENT_BATCH_BYTES)
+			break;
+		buf[n++] = (3 << 3) | 2;
+		n += put_varint(buf + n, e->len);
+		memcpy(buf + n, e->data, e->len);
+		n += e->len;
+	}
+	*len = n;
+	return i - t->q.sent;
+}
+
+/* Sends what is unsent, without blocking; a full pipe leaves it queued. */
+static int flush(struct tally *t)
+{
+	static _Thread_local uint8_t buf[CLIENT_BATCH_BYTES + 512];
+	size_t len, taken;
+
+	if (ensure_sockets(t) < 0)
+		return -EAGAIN;
+	while (t->q.sent < t->q.count) {
+		taken = build_batch(t, buf, &len);
+		if (nn_send(t->push, buf, len, NN_DONTWAIT) < 0)
+			return -nn_errno();
+		t->q.sent += taken;
+	}
+	return 0;
+}
+
+/*
+ * Keeps a handle that only records healthy: now and then it learns what
+ * the ledger committed, and resends what a restarted daemon lost.
+ */
+static void maintain(struct tally *t, bool force)
+{
+	uint64_t now = tally_now_ms();
+
+	if (!force && now - t->maintain_ms < MAINTAIN_MS)
+		return;
+	t->maintain_ms = now;
+	if (t->q.count == 0 || tally_refresh_committed(t) < 0)
+		return;
+	if (t->q.count > 0 && t->q.sent > 0 &&
+	    now - t->progress_ms >= RESEND_AFTER_MS) {
+		queue_rewind(&t->q, t->committed + 1);
+		t->progress_ms = now;
+	}
+}
+
+static int pack_usage(const struct usage_view *v, uint8_t **out,
+		      uint32_t *len)
+{
+	Tally__Usage u = TALLY__USAGE__INIT;
+	ProtobufCBinaryData *b[USAGE_NSTR] = {
+		&u.session_id,	  &u.llm_reference_id, &u.llm_display_name,
+		&u.provider_type, &u.model_type,
+	};
+	protobuf_c_boolean *has[USAGE_NSTR] = {
+		NULL, NULL, &u.has_llm_display_name, &u.has_provider_type,
+		&u.has_model_type,
+	};
+	struct timespec ts;
+	size_t n;
+
+	for (int i = 0; i < USAGE_NSTR; i++) {
+		b[i]->data = (uint8_t *)v->str[i];
+		b[i]->len = v->len[i];
+		if (has[i] != NULL)
+			*has[i] = v->len[i] > 0;
+	}
+	u.input_tokens = v->input;
+	u.output_tokens = v->output;
+	u.has_cache_read_tokens = !!(v->flags & TALLY_USAGE_HAS_CACHE_READ);
+	u.cache_read_tokens = v->cache_read;
+	u.has_cache_write_tokens = !!(v->flags & TALLY_USAGE_HAS_CACHE_WRITE);
+	u.cache_write_tokens = v->cache_write;
+	u.has_reasoning_tokens = !!(v->flags & TALLY_USAGE_HAS_REASONING);
+	u.reasoning_tokens = v->reasoning;
+	u.has_flags = v->flags != 0;
+	u.flags = v->flags;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	u.has_time_ns = 1;
+	u.time_ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	n = tally__usage__get_packed_size(&u);
+	*out = malloc(n);
+	if (*out == NULL)
+		return -ENOMEM;
+	*len = (uint32_t)tally__usage__pack(&u, *out);
+	return 0;
+}
+
+static int sync_locked(struct tally *t, int timeout_ms);
+
+/* Room for one more usage: trim by the ledger, then wait if allowed. */
+static int make_room(struct tally *t)
+{
+	if (t->q.count < t->q.cap)
+		return 0;
+	maintain(t, true);
+	if (t->q.count < t->q.cap)
+		return 0;
+	if (t->record_timeout_ms > 0)
+		sync_locked(t, t->record_timeout_ms);
+	return t->q.count < t->q.cap ? 0 : -ENOBUFS;
+}
+
+static int record_view(struct tally *t, const struct usage_view *v)
+{
+	uint8_t *data;
+	uint32_t len;
+	int rc;
+
+	if ((rc = make_room(t)) < 0 || (rc = pack_usage(v, &data, &len)) < 0)
+		return rc;
+	rc = queue_push(&t->q, t->last_seq + 1,
+			hash_session(v->str[USAGE_SESSION],
+				     v->len[USAGE_SESSION]),
+			data, len);
+	if (rc < 0) {
+		free(data);
+		return rc;
+	}
+	if (t->q.count == 1)
+		t->progress_ms = tally_now_ms();
+	t->last_seq++;
+	flush(t);
+	maintain(t, false);
+	return 0;
+}
+
+int tally_record(struct tally *t, const struct tally_usage *u)
+{
+	struct usage_view v;
+	int rc;
+
+	if (t == NULL || u == NULL)
+		return -EINVAL;
+	usage_view_from_api(&v, u);
+	rc = usage_check(&v);
+	if (rc < 0)
+		return rc;
+	if ((rc = tally_enter_locked(t)) < 0)
+		return rc;
+	rc = record_view(t, &v);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+int tally_record_response(struct tally *t, const struct tally_usage *ids,
+			  const char *body, size_t len)
+{
+	struct tally_usage u;
+	int rc;
+
+	if (t == NULL || ids == NULL || body == NULL)
+		return -EINVAL;
+	u = *ids;
+	u.input_tokens = u.output_tokens = 0;
+	u.cache_read_tokens = u.cache_write_tokens = u.reasoning_tokens = 0;
+	u.flags = 0;
+	rc = tally_parse_response(ids->provider_type, body, len, &u);
+	if (rc < 0)
+		return rc;
+	return tally_record(t, &u);
+}
+
+/* One request on the control socket; *reply is freed by the caller. */
+static int control_call(struct tally *t, const Tally__Request *req,
+			int timeout_ms, Tally__Reply **reply)
+{
+	uint8_t buf[256];
+	size_t len = tally__request__get_packed_size(req);
+	void *msg = NULL;
+	int n;
+
+	*reply = NULL;
+	if (len > sizeof(buf))
+		return -EMSGSIZE;
+	if (ensure_sockets(t) < 0)
+		return -EAGAIN;
+	tally__request__pack(req, buf);
+	nn_setsockopt(t->req, NN_SOL_SOCKET, NN_SNDTIMEO, &timeout_ms,
+		      sizeof(timeout_ms));
+	nn_setsockopt(t->req, NN_SOL_SOCKET, NN_RCVTIMEO, &timeout_ms,
+		      sizeof(timeout_ms));
+	if (nn_send(t->req, buf, len, 0) < 0)
+		return -nn_errno();
+	n = nn_recv(t->req, &msg, NN_MSG, 0);
+	if (n < 0)
+		return -nn_errno();
+	*reply = tally__reply__unpack(NULL, (size_t)n, msg);
+	nn_freemsg(msg);
+	return *reply == NULL ? -EBADMSG : 0;
+}
+
+static int remaining_ms(uint64_t deadline)
+{
+	uint64_t now = tally_now_ms();
+
+	if (deadline == UINT64_MAX)
+		return SYNC_WAIT_MS * 10;
+	return now >= deadline ? 0 : (int)(deadline - now);
+}
+
+/* One round of sync: ask, learn, resend what the daemon does not have. */
+static int sync_round(struct tally *t, int wait_ms)
+{
+	Tally__Request req = TALLY__REQUEST__INIT;
+	Tally__SyncRequest s = TALLY__SYNC_REQUEST__INIT;
+	Tally__Reply *reply;
+	int rc;
+
+	s.producer.len = sizeof(t->producer);
+	s.producer.data = t->producer;
+	s.seq = t->last_seq;
+	/* The daemon answers within our time, so that we can act on it. */
+	s.wait_ms = (uint32_t)(wait_ms - wait_ms / 4);
+	if (s.wait_ms > SYNC_WAIT_MS)
+		s.wait_ms = SYNC_WAIT_MS;
+	req.op_case = TALLY__REQUEST__OP_SYNC;
+	req.sync = &s;
+	rc = control_call(t, &req, wait_ms > 0 ? wait_ms : 1, &reply);
+	if (rc < 0)
+		return rc;
+	if (reply->status == 0) {
+		note_committed(t, reply->committed_seq);
+		/* The daemon waited and still lacks some: they were lost. */
+		if (t->committed < t->last_seq &&
+		    reply->accepted_seq < t->last_seq)
+			queue_rewind(&t->q, reply->accepted_seq + 1);
+	}
+	rc = reply->status;
+	tally__reply__free_unpacked(reply, NULL);
+	return rc;
+}
+
+static void pause_ms(int ms)
+{
+	struct timespec ts = { 0, (long)ms * 1000000 };
+
+	nanosleep(&ts, NULL);
+}
+
+static int sync_locked(struct tally *t, int timeout_ms)
+{
+	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
+					   : tally_now_ms() + (uint64_t)timeout_ms;
+	int left, rc;
+
+	if (t->q.count == 0)
+		return 0;
+	if (tally_refresh_committed(t) == 0 && t->q.count == 0)
+		return 0;
+	/* Bounded by the deadline: every round waits or sleeps. */
+	while ((left = remaining_ms(deadline)) > 0 || timeout_ms == 0) {
+		flush(t);
+		rc = sync_round(t, left);
+		if (t->q.count == 0)
+			return 0;
+		if (rc < 0)
+			pause_ms(left < 10 ? left : 10);
+		if (timeout_ms == 0)
+			break;
+	}
+	return t->q.count == 0 ? 0 : -ETIMEDOUT;
+}
+
+int tally_sync(struct tally *t, int timeout_ms)
+{
+	int rc;
+
+	if (t == NULL)
+		return -EINVAL;
+	if ((rc = tally_enter_locked(t)) < 0)
+		return rc;
+	rc = sync_locked(t, timeout_ms);
+	pthread_mutex_unlock(&t->lock);
+	return rc;
+}
+
+long tally_pending(struct tally *t)
+{
+	long n;
+
+	if (t == NULL)
+		return -EINVAL;
+	if (tally_enter_locked(t) < 0)
+		return 0;
+	n = (long)t->q.count;
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
+void tally_close(struct tally *t)
+{
+	if (t == NULL)
+		return;
+	pthread_mutex_lock(&handles_lock);
+	if (t->prev != NULL)
+		t->prev->next = t->next;
+	else
+		handles = t->next;
+	if (t->next != NULL)
+		t->next->prev = t->prev;
+	pthread_mutex_unlock(&handles_lock);
+	if (tally_enter_locked(t) == 0) {
+		sync_locked(t, t->close_timeout_ms);
+		pthread_mutex_unlock(&t->lock);
+	}
+	close_sockets(t);
+	reader_put(t->reader);
+	queue_fini(&t->q);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
+}
+
+static int stats_to_json(const Tally__Reply *r, char **json);
+
+int tally_stats_json(struct tally *t, int timeout_ms, char **json)
+{
+	Tally__Request req = TALLY__REQUEST__INIT;
+	Tally__Reply *reply;
+	int rc;
+
+	if (t == NULL || json == NULL || timeout_ms < 0)
+		return -EINVAL;
+	*json = NULL;
+	req.op_case = TALLY__REQUEST__OP_STATS;
+	req.stats = 1;
+	if ((rc = tally_enter_locked(t)) < 0)
+		return rc;
+	rc = control_call(t, &req, timeout_ms, &reply);
+	pthread_mutex_unlock(&t->lock);
+	if (rc == -EAGAIN)
+		rc = -ETIMEDOUT;
+	if (rc < 0)
+		return rc;
+	rc = reply->status < 0 ? reply->status : stats_to_json(reply, json);
+	tally__reply__free_unpacked(reply, NULL);
+	return rc;
+}
+
+static int stats_to_json(const Tally__Reply *r, char **json)
+{
+	struct jsonw w;
+
+	jsonw_init(&w);
+	jsonw_raw(&w, "{", 1);
+	for (size_t i = 0; i < r->n_stats; i++) {
+		if (i > 0)
+			jsonw_raw(&w, ",", 1);
+		jsonw_str(&w, r->stats[i]->name, strlen(r->stats[i]->name));
+		jsonw_raw(&w, ":", 1);
+		jsonw_u64(&w, r->stats[i]->value);
+	}
+	jsonw_raw(&w, "}", 1);
+	*json = jsonw_take(&w);
+	return *json == NULL ? -ENOMEM : 0;
+}
+
+int tally_default_dir(char *buf, size_t len)
+{
+	struct tally_paths p;
+	size_t n;
+	int rc;
+
+	if (buf == NULL)
+		return -EINVAL;
+	rc = paths_init(&p, NULL);
+	if (rc < 0)
+		return rc;
+	n = strlen(p.dir);
+	if (n >= len)
+		return -ENAMETOOLONG;
+	memcpy(buf, p.dir, n + 1);
+	return 0;
+}

@@ -1,0 +1,82 @@
+/*
+ * agg.h - the usages received since the last commit, summed per key.
+ *
+ * The receiving thread adds decoded usages to one aggregate while the
+ * committing thread writes the other, so a commit writes each (session,
+ * LLM), each session and each producer once however many usages it
+ * carries. Memory comes from an arena that is kept across commits: in a
+ * steady state the hot path does not allocate.
+ */
+#ifndef TALLYD_AGG_H
+#define TALLYD_AGG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ledger_format.h"
+#include "usage_check.h"
+
+struct agg_item {
+	uint64_t hash;
+	const char *key;
+	uint32_t key_len;
+};
+
+struct agg_table {
+	struct agg_item **slots;
+	size_t cap;
+	/* Items in insertion order, for iteration. */
+	struct agg_item **list;
+	size_t count;
+	size_t list_cap;
+};
+
+/* The delta for one (session, LLM); names are the newest non-empty ones. */
+struct agg_entry {
+	struct agg_item item;
+	uint32_t session_len;
+	struct ledger_entry e;
+};
+
+struct agg_session {
+	struct agg_item item;
+	struct ledger_session s;
+};
+
+struct agg_producer {
+	struct agg_item item;
+	uint64_t seq;
+};
+
+struct agg_chunk;
+
+struct agg {
+	struct agg_table entries;
+	struct agg_table sessions;
+	struct agg_table producers;
+	struct agg_chunk *chunks;
+	size_t usages;
+};
+
+void agg_init(struct agg *a);
+void agg_fini(struct agg *a);
+/* Empties a, keeping its memory for the next round. */
+void agg_reset(struct agg *a);
+
+/*
+ * Adds one checked usage, stamped with the daemon's clock (a client's clock
+ * must not decide when a session expires). On -ENOMEM the usage is not
+ * counted; an entry with no calls may remain, which a commit skips.
+ */
+int agg_add(struct agg *a, const struct usage_view *v, uint64_t now_ns);
+
+/* Records that producer id has everything up to seq in this aggregate. */
+int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq);
+
+#define agg_foreach(a, table, type, var)                                     \
+	for (size_t agg_i_ = 0;                                               \
+	     agg_i_ < (a)->table.count &&                                     \
+	     ((var) = (type *)(a)->table.list[agg_i_], 1);                    \
+	     agg_i_++)
+
+#endif

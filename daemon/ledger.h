@@ -1,0 +1,81 @@
+/*
+ * ledger.h - the daemon's side of the ledger: the only writer.
+ *
+ * Only this module sees MDB_* codes; it returns 0 or a negative errno.
+ */
+#ifndef TALLYD_LEDGER_H
+#define TALLYD_LEDGER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lmdb.h>
+
+#include "agg.h"
+
+struct ledger {
+	MDB_env *env;
+	MDB_dbi usage;
+	MDB_dbi sessions;
+	MDB_dbi producers;
+	MDB_dbi meta;
+	/*
+	 * Read transactions of this process hold it shared; growing the map
+	 * holds it exclusive, since LMDB may only resize with no transaction
+	 * open in the process.
+	 */
+	pthread_rwlock_t resize;
+	size_t map_size;
+	size_t page_size;
+};
+
+struct ledger_info {
+	uint64_t map_size;
+	uint64_t used_bytes;
+	uint64_t readers;
+	uint64_t max_readers;
+	uint64_t last_txnid;
+	/* Transactions the oldest reader is behind; 0 with no reader. */
+	uint64_t oldest_reader_lag;
+};
+
+/* What a commit did, for the daemon's counters. */
+struct ledger_commit_stats {
+	uint64_t overflows;
+	uint64_t map_grows;
+	uint64_t dead_readers;
+};
+
+/*
+ * ledger_open() - open or create the ledger at path.
+ * map_size is the starting map size in bytes (rounded to pages); nosync
+ * trades the last commits on power loss for speed.
+ * Errors: TALLY_EVERSION for a ledger of another schema, -EACCES, -ENOMEM,
+ * and other negative errnos of opening the file.
+ */
+int ledger_open(struct ledger *l, const char *path, size_t map_size,
+		bool nosync);
+void ledger_close(struct ledger *l);
+
+/* The highest sequence applied for a producer; 0 when it is unknown. */
+int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq);
+
+/*
+ * ledger_commit() - write an aggregate in one durable transaction.
+ * Grows the map when it fills. Errors: -ENOSPC, -EIO and the other errnos
+ * of a failed write or sync; the ledger is then as it was before the call.
+ */
+int ledger_commit(struct ledger *l, struct agg *a, uint64_t now_ns,
+		  struct ledger_commit_stats *st);
+
+/* Clears reader slots of dead processes; returns how many, or -errno. */
+int ledger_reader_check(struct ledger *l);
+
+int ledger_info(struct ledger *l, struct ledger_info *info);
+
+/* Translates an LMDB return code into 0 or a negative errno. */
+int ledger_errno(int mdb_rc);
+
+#endif

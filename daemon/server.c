@@ -1,0 +1,175 @@
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nanomsg/nn.h>
+
+#include "tallyd.h"
+
+/* Messages taken per pass before the loop looks at everything else. */
+#define DRAIN_BATCH 4096
+/* Dead readers pin pages; look for them this often. */
+#define READER_CHECK_MS 1000
+/* How long a stopping daemon waits for its last commit. */
+#define STOP_COMMIT_MS 1800
+
+enum { FD_SIGNAL, FD_INGEST, FD_CONTROL, FD_COMMIT, NFDS };
+
+uint64_t now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static int socket_fd(int s)
+{
+	int fd = -1;
+	size_t len = sizeof(fd);
+
+	if (nn_getsockopt(s, NN_SOL_SOCKET, NN_RCVFD, &fd, &len) < 0)
+		return -nn_errno();
+	return fd;
+}
+
+static void handle_signal(struct tallyd *d)
+{
+	struct signalfd_siginfo si;
+
+	while (read(d->signal_fd, &si, sizeof(si)) == sizeof(si)) {
+		switch (si.ssi_signo) {
+		case SIGTERM:
+		case SIGINT:
+			log_notice("main", "signal %d: committing and stopping",
+				   (int)si.ssi_signo);
+			d->stopping = true;
+			break;
+		case SIGHUP:
+			log_notice("main", "SIGHUP: nothing to reload");
+			break;
+		}
+	}
+}
+
+static void periodic(struct tallyd *d, uint64_t *next_check)
+{
+	uint64_t now = now_ms();
+	int dead;
+
+	control_answer_waiters(d, false);
+	if (now < *next_check)
+		return;
+	*next_check = now + READER_CHECK_MS;
+	dead = ledger_reader_check(&d->ledger);
+	if (dead > 0) {
+		STAT_ADD(d, dead_readers, (uint64_t)dead);
+		log_info("ledger", "cleared %d reader slots of dead processes",
+			 dead);
+	}
+}
+
+static int poll_timeout(struct tallyd *d, uint64_t next_check)
+{
+	uint64_t now = now_ms();
+	int t = next_check > now ? (int)(next_check - now) : 0;
+	int w = control_next_deadline(d, now);
+
+	return w >= 0 && w < t ? w : t;
+}
+
+static void loop_once(struct tallyd *d, struct pollfd *fds,
+		      uint64_t *next_check)
+{
+	bool full = d->fill->usages >= d->cfg.max_pending;
+
+	/* A full aggregate pauses receiving: the sockets' buffers and then
+	 * the clients' queues hold the rest until the commit is done. */
+	fds[FD_INGEST].events = full ? 0 : POLLIN;
+	if (poll(fds, NFDS, poll_timeout(d, *next_check)) < 0 &&
+	    errno != EINTR) {
+		log_err("main", "poll: %s", strerror(errno));
+		return;
+	}
+	if (fds[FD_SIGNAL].revents & POLLIN)
+		handle_signal(d);
+	if (fds[FD_COMMIT].revents & POLLIN && committer_reap(d))
+		control_answer_waiters(d, false);
+	if (fds[FD_INGEST].revents & POLLIN)
+		ingest_drain(d, DRAIN_BATCH);
+	if (fds[FD_CONTROL].revents & POLLIN)
+		control_drain(d, DRAIN_BATCH);
+	committer_kick(d);
+	periodic(d, next_check);
+}
+
+/* Waits for the aggregate in the committer's hands, within a deadline. */
+static bool wait_commit(struct tallyd *d, uint64_t deadline)
+{
+	struct pollfd pfd = { d->committer.event_fd, POLLIN, 0 };
+
+	while (!committer_idle(d)) {
+		uint64_t now = now_ms();
+
+		if (now >= deadline)
+			return false;
+		poll(&pfd, 1, (int)(deadline - now));
+		committer_reap(d);
+	}
+	return true;
+}
+
+/*
+ * Stopping: take what the socket already holds, commit it and what is in
+ * hand, and answer the waiting sync requests with what was committed.
+ */
+static int shutdown_commit(struct tallyd *d)
+{
+	uint64_t deadline = now_ms() + STOP_COMMIT_MS;
+	int rc = 0;
+
+	while (ingest_drain(d, DRAIN_BATCH) > 0 && now_ms() < deadline)
+		if (d->fill->usages >= d->cfg.max_pending &&
+		    wait_commit(d, deadline))
+			committer_kick(d);
+	if (!wait_commit(d, deadline))
+		rc = -ETIMEDOUT;
+	committer_kick(d);
+	if (!wait_commit(d, deadline))
+		rc = -ETIMEDOUT;
+	if (rc < 0)
+		log_err("main", "last commit did not finish in time; clients "
+			"will resend what it held");
+	control_answer_waiters(d, true);
+	return rc;
+}
+
+int server_run(struct tallyd *d)
+{
+	struct pollfd fds[NFDS];
+	uint64_t next_check = now_ms() + READER_CHECK_MS;
+	int in = socket_fd(d->ingest), ctl = socket_fd(d->control);
+
+	if (in < 0 || ctl < 0)
+		return in < 0 ? in : ctl;
+	memset(fds, 0, sizeof(fds));
+	fds[FD_SIGNAL] = (struct pollfd){ d->signal_fd, POLLIN, 0 };
+	fds[FD_INGEST] = (struct pollfd){ in, POLLIN, 0 };
+	fds[FD_CONTROL] = (struct pollfd){ ctl, POLLIN, 0 };
+	fds[FD_COMMIT] = (struct pollfd){ d->committer.event_fd, POLLIN, 0 };
+	while (!d->stopping)
+		loop_once(d, fds, &next_check);
+	return shutdown_commit(d);
+}

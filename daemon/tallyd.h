@@ -1,0 +1,156 @@
+/*
+ * tallyd.h - the daemon's state, shared by its modules.
+ *
+ * Two threads: the main thread receives and checks usages, adds them to
+ * the filling aggregate and answers control requests; the committer thread
+ * writes the other aggregate to the ledger. They meet only in struct
+ * committer and in the atomic counters of struct tallyd_stats.
+ */
+#ifndef TALLYD_H
+#define TALLYD_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "agg.h"
+#include "ledger.h"
+#include "log.h"
+#include "paths.h"
+
+struct tallyd_config {
+	const char *dir;
+	const char *group;
+	size_t map_size;
+	size_t max_message;
+	/* Usages one aggregate may hold before receiving pauses. */
+	size_t max_pending;
+	bool nosync;
+};
+
+/* Counters for 'tallyctl stats'; names in stats_names[] of control.c. */
+struct tallyd_stats {
+	_Atomic uint64_t messages;
+	_Atomic uint64_t usages_received;
+	_Atomic uint64_t usages_accepted;
+	_Atomic uint64_t usages_applied;
+	_Atomic uint64_t duplicates;
+	_Atomic uint64_t gap_batches;
+	_Atomic uint64_t gap_usages;
+	_Atomic uint64_t malformed_messages;
+	_Atomic uint64_t malformed_usages;
+	_Atomic uint64_t oversized_messages;
+	_Atomic uint64_t overflows;
+	_Atomic uint64_t commits;
+	_Atomic uint64_t commit_failures;
+	_Atomic uint64_t commit_ns_last;
+	_Atomic uint64_t commit_ns_max;
+	_Atomic uint64_t commit_ns_total;
+	_Atomic uint64_t map_grows;
+	_Atomic uint64_t dead_readers;
+	_Atomic uint64_t sync_requests;
+	_Atomic uint64_t control_requests;
+	_Atomic uint64_t control_malformed;
+	_Atomic uint64_t producers;
+};
+
+#define STAT_ADD(d, field, n)                                                 \
+	atomic_fetch_add_explicit(&(d)->stats.field, (n), memory_order_relaxed)
+#define STAT_SET(d, field, n)                                                 \
+	atomic_store_explicit(&(d)->stats.field, (n), memory_order_relaxed)
+#define STAT_GET(d, field)                                                    \
+	atomic_load_explicit(&(d)->stats.field, memory_order_relaxed)
+
+struct committer {
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	/* Handed to the thread; NULL while it is idle. */
+	struct agg *busy;
+	bool done;
+	bool stop;
+	int result;
+	/* Written by the thread when busy is done, read by the main loop. */
+	int event_fd;
+	struct tallyd *d;
+};
+
+struct producer {
+	uint8_t id[LEDGER_PRODUCER_ID_LEN];
+	/* Highest sequence received and checked, and committed. */
+	uint64_t accepted;
+	uint64_t committed;
+	uint64_t last_ms;
+};
+
+struct producer_map {
+	struct producer **slots;
+	size_t cap;
+	size_t count;
+};
+
+struct waiter {
+	void *header;
+	struct producer *p;
+	uint64_t seq;
+	uint64_t deadline_ms;
+};
+
+struct tallyd {
+	struct tallyd_config cfg;
+	struct tally_paths paths;
+	struct tallyd_stats stats;
+	struct ledger ledger;
+	struct committer committer;
+	struct producer_map producers;
+	struct agg aggs[2];
+	struct agg *fill;
+	int lock_fd;
+	int signal_fd;
+	int ingest;
+	int control;
+	struct waiter *waiters;
+	size_t nwaiters;
+	size_t waiters_cap;
+	uint64_t start_ms;
+	struct log_limit bad_input;
+	volatile bool stopping;
+};
+
+uint64_t now_ns(void);
+uint64_t now_ms(void);
+
+/* runtime.c: the directory, the lock file, the sockets' files. */
+int runtime_prepare_dir(const char *dir);
+int runtime_lock(struct tallyd *d);
+void runtime_unlock(struct tallyd *d);
+int runtime_bind(struct tallyd *d);
+void runtime_unbind(struct tallyd *d);
+
+/* ingest.c: usage batches from the PULL socket. */
+int ingest_drain(struct tallyd *d, unsigned max_messages);
+void ingest_handle(struct tallyd *d, const void *buf, size_t len);
+void ingest_fini(void);
+struct producer *producer_get(struct tallyd *d, const uint8_t *id);
+void producers_fini(struct producer_map *m);
+
+/* control.c: requests on the raw REP socket. */
+int control_drain(struct tallyd *d, unsigned max_requests);
+void control_answer_waiters(struct tallyd *d, bool all);
+int control_next_deadline(struct tallyd *d, uint64_t now);
+
+/* committer.c: the second thread and the hand-over between the two. */
+int committer_start(struct tallyd *d);
+void committer_stop(struct tallyd *d);
+/* Hands the filling aggregate over when the thread is idle. */
+void committer_kick(struct tallyd *d);
+/* Takes back a committed aggregate; true when one came back. */
+bool committer_reap(struct tallyd *d);
+bool committer_idle(struct tallyd *d);
+
+/* server.c: the main loop. */
+int server_run(struct tallyd *d);
+
+#endif

@@ -1,0 +1,1042 @@
+/*
+ * tallyctl - the operators' tool: show one session, list the sessions, read
+ * the daemon's counters, record a usage by hand.
+ *
+ * It links only libtally, and reads the JSON that library returns with
+ * jansson. Every command parses its own options; main() only parses the
+ * global ones and dispatches through the command table.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "tally.h"
+
+/* Exit statuses; the help text promises them. */
+enum {
+	RC_OK = 0,
+	RC_FAIL = 1,
+	RC_USAGE = 2,
+	/* Not an exit status: the global options let main() go on. */
+	RC_GO_ON = -1,
+};
+
+/* A provider response larger than this is surely not one. */
+#define RESPONSE_MAX (64u << 20)
+
+#define DUMP_FLAGS (JSON_INDENT(2) | JSON_PRESERVE_ORDER)
+
+struct ctl {
+	/* The ledger directory, from --dir or tally_default_dir(). */
+	const char *dir;
+	char dir_buf[4096];
+	/* "tallyctl COMMAND", the name getopt_long prints in its errors. */
+	char prog[64];
+};
+
+struct command {
+	const char *name;
+	int (*run)(struct ctl *ctl, int argc, char **argv);
+	const char *help;
+};
+
+static const struct command *find_command(const char *name);
+
+static const char usage_text[] =
+	"Usage: tallyctl [--dir DIR] COMMAND [ARGS]\n"
+	"       tallyctl -h|--help | -V|--version\n"
+	"\n"
+	"Inspect the tally ledger and the tallyd daemon.\n"
+	"\n"
+	"Commands:\n"
+	"  show SESSION [--details]  print a session's usage per LLM as JSON\n"
+	"  sessions [--json]         list the sessions, most recent first\n"
+	"  stats [--json]            print tallyd's counters\n"
+	"  record ...                record one usage and wait for its commit\n"
+	"  help [COMMAND]            print the help of COMMAND\n"
+	"\n"
+	"Options:\n"
+	"  -d, --dir DIR   the ledger directory; default $TALLY_DIR, else\n"
+	"                  /var/lib/tally for root, else\n"
+	"                  ${XDG_STATE_HOME:-~/.local/state}/tally\n"
+	"  -h, --help      print this help and exit\n"
+	"  -V, --version   print the version and exit\n"
+	"\n"
+	"Run 'tallyctl COMMAND --help' for the options of a command.\n"
+	"\n"
+	"Exit status: 0 success; 1 runtime failure (no ledger, tallyd not\n"
+	"answering, a library error); 2 usage error (unknown command or\n"
+	"option, a bad value).\n";
+
+static const char show_help[] =
+	"Usage: tallyctl [--dir DIR] show SESSION [--details]\n"
+	"\n"
+	"Print the session's usage per LLM, as the JSON object flow code\n"
+	"reads, indented by 2. An unknown session prints {}.\n"
+	"\n"
+	"  --details   add each LLM's detail counts (cache, reasoning, calls)\n"
+	"  -h, --help  print this help and exit\n"
+	"\n"
+	"Exit status: 0 printed; 1 no ledger or a library error;\n"
+	"2 usage error.\n";
+
+static const char sessions_help[] =
+	"Usage: tallyctl [--dir DIR] sessions [--json]\n"
+	"\n"
+	"List every session in the ledger, most recent activity first:\n"
+	"SESSION, INPUT and OUTPUT tokens, CALLS, LAST ACTIVITY (UTC).\n"
+	"Usages not yet committed by tallyd are not listed.\n"
+	"\n"
+	"  --json      print the JSON array instead of the table\n"
+	"  -h, --help  print this help and exit\n"
+	"\n"
+	"Exit status: 0 printed; 1 no ledger or a library error;\n"
+	"2 usage error.\n";
+
+static const char stats_help[] =
+	"Usage: tallyctl [--dir DIR] stats [--json]\n"
+	"\n"
+	"Ask tallyd for its counters (waits up to 2 s) and print them as a\n"
+	"name/value list. Nested counters are named with dots.\n"
+	"\n"
+	"  --json      print the JSON object instead of the list\n"
+	"  -h, --help  print this help and exit\n"
+	"\n"
+	"Exit status: 0 printed; 1 tallyd did not answer or a library error;\n"
+	"2 usage error.\n";
+
+static const char record_help[] =
+	"Usage: tallyctl [--dir DIR] record --session S --llm ID\n"
+	"           [--name N] [--provider P] [--model M]\n"
+	"           (--input N --output N | --response FILE)\n"
+	"           [--estimated] [--timeout MS]\n"
+	"\n"
+	"Record the usage of one LLM call, then wait until tallyd has\n"
+	"committed it.\n"
+	"\n"
+	"  --session S       the session id (required)\n"
+	"  --llm ID          the LLM reference id (required)\n"
+	"  --name N          the LLM's display name\n"
+	"  --provider P      the provider type, e.g. openAI, anthropic;\n"
+	"                    required with --response, where it selects the\n"
+	"                    response format\n"
+	"  --model M         the model type, e.g. gpt-4o\n"
+	"  --input N         input tokens billed (0 to 1000000000)\n"
+	"  --output N        output tokens billed (0 to 1000000000)\n"
+	"  --response FILE   take the counts from the provider's JSON\n"
+	"                    response in FILE; '-' reads standard input\n"
+	"  --estimated       the counts were estimated, not reported by the\n"
+	"                    provider (not with --response)\n"
+	"  --timeout MS      how long to wait for the commit; default 5000\n"
+	"  -h, --help        print this help and exit\n"
+	"\n"
+	"Exit status: 0 committed; 1 refused by the library, or not confirmed\n"
+	"within the timeout (is tallyd running?); 2 usage error.\n";
+
+static const char help_help[] =
+	"Usage: tallyctl help [COMMAND]\n"
+	"\n"
+	"Print the help of COMMAND, or the general help.\n";
+
+__attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("tallyctl: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
+/* Prints a help text; to stderr it follows a usage error. */
+static int print_help(const char *text, FILE *f, int rc)
+{
+	fputs(text, f);
+	return rc;
+}
+
+/*
+ * Prints the synopsis of a help text (up to its first blank line) after a
+ * usage error, and where the rest is.
+ */
+static int usage_error(const char *help, const char *cmd)
+{
+	const char *end = strstr(help, "\n\n");
+
+	fprintf(stderr, "%.*s\n", end ? (int)(end - help) : (int)strlen(help),
+		help);
+	if (cmd)
+		fprintf(stderr, "Run 'tallyctl help %s' for the details.\n",
+			cmd);
+	else
+		fputs("Run 'tallyctl --help' for the details.\n", stderr);
+	return RC_USAGE;
+}
+
+/*
+ * Starts getopt_long() afresh on a command's own argv. argv[0] becomes
+ * "tallyctl COMMAND" so that getopt_long's own messages name both.
+ */
+static void begin_options(struct ctl *ctl, char **argv)
+{
+	snprintf(ctl->prog, sizeof(ctl->prog), "tallyctl %s", argv[0]);
+	argv[0] = ctl->prog;
+	optind = 0;
+}
+
+static int resolve_dir(struct ctl *ctl)
+{
+	int err;
+
+	if (ctl->dir)
+		return 0;
+	err = tally_default_dir(ctl->dir_buf, sizeof(ctl->dir_buf));
+	if (err < 0) {
+		fail("no ledger directory: %s; pass --dir DIR or set TALLY_DIR",
+		     tally_strerror(err));
+		return err;
+	}
+	ctl->dir = ctl->dir_buf;
+	return 0;
+}
+
+static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
+{
+	int err;
+
+	err = resolve_dir(ctl);
+	if (err < 0)
+		return err;
+	err = tally_open(t, ctl->dir);
+	if (err < 0)
+		fail("%s: cannot open %s: %s", cmd, ctl->dir,
+		     tally_strerror(err));
+	return err;
+}
+
+/* Reports a failed read of the ledger, with what to do about it. */
+static void read_failed(struct ctl *ctl, const char *cmd, int err)
+{
+	fail("%s: %s", cmd, tally_strerror(err));
+	if (err == -ENOENT)
+		fprintf(stderr,
+			"tallyctl: there is no ledger in %s yet: start "
+			"tallyd there (tallyd --dir %s) or pass the right "
+			"--dir\n",
+			ctl->dir, ctl->dir);
+	else if (err == TALLY_EVERSION)
+		fprintf(stderr, "tallyctl: use the tallyctl of the tally "
+				"version whose tallyd wrote the ledger\n");
+}
+
+/* Parses JSON that libtally produced; a failure is a library bug. */
+static json_t *load_json(const char *cmd, const char *text)
+{
+	json_error_t jerr;
+	json_t *root;
+
+	root = json_loads(text, JSON_DECODE_ANY, &jerr);
+	if (!root)
+		fail("%s: libtally returned JSON that does not parse "
+		     "(line %d: %s)",
+		     cmd, jerr.line, jerr.text);
+	return root;
+}
+
+static int dump_json(const json_t *root)
+{
+	if (json_dumpf(root, stdout, DUMP_FLAGS) < 0)
+		return -EIO;
+	putchar('\n');
+	return 0;
+}
+
+/* ---- show ---- */
+
+static int show_session(struct ctl *ctl, const char *session, unsigned flags)
+{
+	struct tally *t = NULL;
+	char *text = NULL;
+	json_t *root = NULL;
+	int rc = RC_FAIL;
+	int err;
+
+	if (open_handle(ctl, "show", &t) < 0)
+		return RC_FAIL;
+	err = tally_session_json_ex(t, session, flags, &text);
+	if (err < 0) {
+		read_failed(ctl, "show", err);
+		if (err == -EINVAL || err == -EILSEQ)
+			rc = RC_USAGE;
+		goto out;
+	}
+	root = load_json("show", text);
+	if (root && dump_json(root) == 0)
+		rc = RC_OK;
+out:
+	json_decref(root);
+	free(text);
+	tally_close(t);
+	return rc;
+}
+
+static int cmd_show(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"details", no_argument, NULL, 'D'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	unsigned flags = 0;
+	int c;
+
+	begin_options(ctl, argv);
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'D')
+			flags |= TALLY_JSON_DETAILS;
+		else if (c == 'h')
+			return print_help(show_help, stdout, RC_OK);
+		else
+			return usage_error(show_help, "show");
+	}
+	if (argc - optind != 1) {
+		fail("show: expects one SESSION, got %d arguments",
+		     argc - optind);
+		return usage_error(show_help, "show");
+	}
+	if (!*argv[optind] || strlen(argv[optind]) > TALLY_ID_MAX) {
+		fail("show: a session id has 1 to %d bytes", TALLY_ID_MAX);
+		return RC_USAGE;
+	}
+	return show_session(ctl, argv[optind], flags);
+}
+
+/* ---- sessions ---- */
+
+struct session_row {
+	const char *id;
+	json_int_t input;
+	json_int_t output;
+	json_int_t calls;
+	json_int_t last;
+};
+
+static json_int_t int_field(const json_t *obj, const char *name)
+{
+	return json_integer_value(json_object_get(obj, name));
+}
+
+/* Most recent first; the id breaks ties so that the order is stable. */
+static int row_cmp(const void *a, const void *b)
+{
+	const struct session_row *x = a, *y = b;
+
+	if (x->last != y->last)
+		return x->last < y->last ? 1 : -1;
+	return strcmp(x->id, y->id);
+}
+
+static int rows_from_json(const json_t *arr, struct session_row **out)
+{
+	struct session_row *rows;
+	size_t i, n = json_array_size(arr);
+	const json_t *s;
+
+	rows = calloc(n ? n : 1, sizeof(*rows));
+	if (!rows)
+		return -ENOMEM;
+	for (i = 0; i < n; i++) {
+		s = json_array_get(arr, i);
+		rows[i].id = json_string_value(json_object_get(s, "sessionId"));
+		if (!rows[i].id) {
+			free(rows);
+			return -EBADMSG;
+		}
+		rows[i].input = int_field(s, "inputTokens");
+		rows[i].output = int_field(s, "outputTokens");
+		rows[i].calls = int_field(s, "calls");
+		rows[i].last = int_field(s, "lastActivity");
+	}
+	qsort(rows, n, sizeof(*rows), row_cmp);
+	*out = rows;
+	return 0;
+}
+
+/* Columns count characters, not bytes: ids are UTF-8. */
+static int text_width(const char *s)
+{
+	int w = 0;
+
+	for (; *s; s++)
+		w += ((unsigned char)*s & 0xc0) != 0x80;
+	return w;
+}
+
+static int num_width(json_int_t v)
+{
+	char buf[32];
+
+	return snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, v);
+}
+
+static void format_ms(json_int_t ms, char *buf, size_t len)
+{
+	time_t sec = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (ms < 0 || !gmtime_r(&sec, &tm)) {
+		snprintf(buf, len, "-");
+		return;
+	}
+	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		 tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+}
+
+/* A control character in an id would break the table's lines. */
+static void print_id(const char *id, int width)
+{
+	int w = text_width(id);
+
+	for (; *id; id++)
+		putchar((unsigned char)*id < 0x20 || *id == 0x7f ? '?' : *id);
+	printf("%*s", width > w ? width - w : 0, "");
+}
+
+struct widths {
+	int id, input, output, calls;
+};
+
+static void measure(const struct session_row *rows, size_t n, struct widths *w)
+{
+	size_t i;
+
+	*w = (struct widths){7, 5, 6, 5};
+	for (i = 0; i < n; i++) {
+		if (text_width(rows[i].id) > w->id)
+			w->id = text_width(rows[i].id);
+		if (num_width(rows[i].input) > w->input)
+			w->input = num_width(rows[i].input);
+		if (num_width(rows[i].output) > w->output)
+			w->output = num_width(rows[i].output);
+		if (num_width(rows[i].calls) > w->calls)
+			w->calls = num_width(rows[i].calls);
+	}
+}
+
+static void print_table(const struct session_row *rows, size_t n)
+{
+	struct widths w;
+	char when[48];
+	size_t i;
+
+	measure(rows, n, &w);
+	printf("%-*s  %*s  %*s  %*s  %s\n", w.id, "SESSION", w.input, "INPUT",
+	       w.output, "OUTPUT", w.calls, "CALLS", "LAST ACTIVITY");
+	for (i = 0; i < n; i++) {
+		print_id(rows[i].id, w.id);
+		format_ms(rows[i].last, when, sizeof(when));
+		printf("  %*" JSON_INTEGER_FORMAT "  %*" JSON_INTEGER_FORMAT
+		       "  %*" JSON_INTEGER_FORMAT "  %s\n",
+		       w.input, rows[i].input, w.output, rows[i].output,
+		       w.calls, rows[i].calls, when);
+	}
+}
+
+static int print_sessions(const json_t *root, bool as_json)
+{
+	struct session_row *rows;
+	int err;
+
+	if (as_json)
+		return dump_json(root) < 0 ? RC_FAIL : RC_OK;
+	if (!json_is_array(root)) {
+		fail("sessions: libtally returned JSON that is not an array");
+		return RC_FAIL;
+	}
+	err = rows_from_json(root, &rows);
+	if (err < 0) {
+		fail("sessions: %s", err == -ENOMEM
+					     ? tally_strerror(err)
+					     : "a session has no sessionId");
+		return RC_FAIL;
+	}
+	print_table(rows, json_array_size(root));
+	free(rows);
+	return RC_OK;
+}
+
+static int list_sessions(struct ctl *ctl, bool as_json)
+{
+	struct tally *t = NULL;
+	char *text = NULL;
+	json_t *root = NULL;
+	int rc = RC_FAIL;
+	int err;
+
+	if (open_handle(ctl, "sessions", &t) < 0)
+		return RC_FAIL;
+	err = tally_sessions_json(t, &text);
+	if (err < 0) {
+		read_failed(ctl, "sessions", err);
+		goto out;
+	}
+	root = load_json("sessions", text);
+	if (root)
+		rc = print_sessions(root, as_json);
+out:
+	json_decref(root);
+	free(text);
+	tally_close(t);
+	return rc;
+}
+
+/* Parses the lone --json option of sessions and stats. */
+static int parse_json_flag(struct ctl *ctl, int argc, char **argv,
+			   const char *help, bool *as_json)
+{
+	static const struct option opts[] = {
+		{"json", no_argument, NULL, 'j'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *cmd = argv[0];
+	int c;
+
+	begin_options(ctl, argv);
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'j')
+			*as_json = true;
+		else if (c == 'h')
+			return print_help(help, stdout, RC_OK);
+		else
+			return usage_error(help, cmd);
+	}
+	if (optind < argc) {
+		fail("%s: takes no arguments, got '%s'", cmd, argv[optind]);
+		return usage_error(help, cmd);
+	}
+	return RC_GO_ON;
+}
+
+static int cmd_sessions(struct ctl *ctl, int argc, char **argv)
+{
+	bool as_json = false;
+	int rc;
+
+	rc = parse_json_flag(ctl, argc, argv, sessions_help, &as_json);
+	if (rc != RC_GO_ON)
+		return rc;
+	return list_sessions(ctl, as_json);
+}
+
+/* ---- stats ---- */
+
+typedef void stat_fn(const char *name, const json_t *value, void *arg);
+
+/* Calls fn on every leaf of obj, naming nested ones "outer.inner". */
+static void walk_stats(const json_t *obj, const char *prefix, stat_fn *fn,
+		       void *arg)
+{
+	const char *key;
+	const json_t *v;
+	char name[256];
+	void *it;
+
+	for (it = json_object_iter((json_t *)obj); it;
+	     it = json_object_iter_next((json_t *)obj, it)) {
+		key = json_object_iter_key(it);
+		v = json_object_iter_value(it);
+		if (*prefix)
+			snprintf(name, sizeof(name), "%s.%s", prefix, key);
+		else
+			snprintf(name, sizeof(name), "%s", key);
+		if (json_is_object(v))
+			walk_stats(v, name, fn, arg);
+		else
+			fn(name, v, arg);
+	}
+}
+
+static void widest_name(const char *name, const json_t *value, void *arg)
+{
+	int *width = arg;
+
+	(void)value;
+	if (text_width(name) > *width)
+		*width = text_width(name);
+}
+
+static void print_stat(const char *name, const json_t *value, void *arg)
+{
+	const int *width = arg;
+	char *text;
+
+	printf("%-*s  ", *width, name);
+	if (json_is_string(value)) {
+		puts(json_string_value(value));
+		return;
+	}
+	text = json_dumps(value, JSON_ENCODE_ANY | JSON_COMPACT);
+	puts(text ? text : "?");
+	free(text);
+}
+
+static int print_stats(const json_t *root, bool as_json)
+{
+	int width = 0;
+
+	if (as_json)
+		return dump_json(root) < 0 ? RC_FAIL : RC_OK;
+	if (!json_is_object(root)) {
+		fail("stats: libtally returned JSON that is not an object");
+		return RC_FAIL;
+	}
+	walk_stats(root, "", widest_name, &width);
+	walk_stats(root, "", print_stat, &width);
+	return RC_OK;
+}
+
+static int read_stats(struct ctl *ctl, bool as_json)
+{
+	struct tally *t = NULL;
+	char *text = NULL;
+	json_t *root = NULL;
+	int rc = RC_FAIL;
+	int err;
+
+	if (open_handle(ctl, "stats", &t) < 0)
+		return RC_FAIL;
+	err = tally_stats_json(t, 2000, &text);
+	if (err == -ETIMEDOUT) {
+		fail("tallyd did not answer on %s (is it running?)", ctl->dir);
+		goto out;
+	}
+	if (err < 0) {
+		fail("stats: %s", tally_strerror(err));
+		goto out;
+	}
+	root = load_json("stats", text);
+	if (root)
+		rc = print_stats(root, as_json);
+out:
+	json_decref(root);
+	free(text);
+	tally_close(t);
+	return rc;
+}
+
+static int cmd_stats(struct ctl *ctl, int argc, char **argv)
+{
+	bool as_json = false;
+	int rc;
+
+	rc = parse_json_flag(ctl, argc, argv, stats_help, &as_json);
+	if (rc != RC_GO_ON)
+		return rc;
+	return read_stats(ctl, as_json);
+}
+
+/* ---- record ---- */
+
+struct record_args {
+	struct tally_usage u;
+	const char *response;
+	bool has_input, has_output;
+	int timeout_ms;
+};
+
+/*
+ * Parses a whole non-negative decimal number no larger than max. strtoull
+ * alone would accept leading blanks, a sign (and negate "-1" into a huge
+ * value) and trailing junk; all of those are refused here.
+ */
+static int parse_number(const char *opt, const char *s, uint64_t max,
+			uint64_t *out)
+{
+	unsigned long long v;
+	char *end;
+
+	if (*s < '0' || *s > '9') {
+		fail("record: %s expects a whole number from 0 to %" PRIu64
+		     ", not '%s'",
+		     opt, max, s);
+		return -EINVAL;
+	}
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (*end != '\0') {
+		fail("record: %s expects a whole number, not '%s'", opt, s);
+		return -EINVAL;
+	}
+	if (errno == ERANGE || v > max) {
+		fail("record: %s %s is too large: at most %" PRIu64, opt, s,
+		     max);
+		return -ERANGE;
+	}
+	*out = v;
+	return 0;
+}
+
+static int record_option(struct record_args *a, int c, const char *arg)
+{
+	uint64_t v;
+	int err = 0;
+
+	switch (c) {
+	case 's':
+		a->u.session_id = arg;
+		break;
+	case 'l':
+		a->u.llm_reference_id = arg;
+		break;
+	case 'n':
+		a->u.llm_display_name = arg;
+		break;
+	case 'p':
+		a->u.provider_type = arg;
+		break;
+	case 'm':
+		a->u.model_type = arg;
+		break;
+	case 'r':
+		a->response = arg;
+		break;
+	case 'e':
+		a->u.flags |= TALLY_USAGE_ESTIMATED;
+		break;
+	case 'i':
+		err = parse_number("--input", arg, TALLY_TOKENS_MAX,
+				   &a->u.input_tokens);
+		a->has_input = true;
+		break;
+	case 'o':
+		err = parse_number("--output", arg, TALLY_TOKENS_MAX,
+				   &a->u.output_tokens);
+		a->has_output = true;
+		break;
+	case 't':
+		err = parse_number("--timeout", arg, INT_MAX, &v);
+		a->timeout_ms = (int)v;
+		break;
+	default:
+		err = -EINVAL;
+	}
+	return err;
+}
+
+/* The combinations getopt_long cannot check. */
+static int check_record_args(const struct record_args *a)
+{
+	if (!a->u.session_id || !a->u.llm_reference_id) {
+		fail("record: --session and --llm are required");
+		return -EINVAL;
+	}
+	if (a->response && (a->has_input || a->has_output)) {
+		fail("record: give either --input and --output, or "
+		     "--response, not both");
+		return -EINVAL;
+	}
+	if (!a->response && (!a->has_input || !a->has_output)) {
+		fail("record: give --input N and --output N, or --response "
+		     "FILE");
+		return -EINVAL;
+	}
+	if (a->response && !a->u.provider_type) {
+		fail("record: --response needs --provider, which selects the "
+		     "response format");
+		return -EINVAL;
+	}
+	if (a->response && (a->u.flags & TALLY_USAGE_ESTIMATED)) {
+		fail("record: --estimated does not go with --response: a "
+		     "response holds the provider's own counts");
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int parse_record(struct ctl *ctl, int argc, char **argv,
+			struct record_args *a)
+{
+	static const struct option opts[] = {
+		{"session", required_argument, NULL, 's'},
+		{"llm", required_argument, NULL, 'l'},
+		{"name", required_argument, NULL, 'n'},
+		{"provider", required_argument, NULL, 'p'},
+		{"model", required_argument, NULL, 'm'},
+		{"input", required_argument, NULL, 'i'},
+		{"output", required_argument, NULL, 'o'},
+		{"response", required_argument, NULL, 'r'},
+		{"estimated", no_argument, NULL, 'e'},
+		{"timeout", required_argument, NULL, 't'},
+		{"help", no_argument, NULL, 'h'},
+		{NULL, 0, NULL, 0},
+	};
+	int c;
+
+	begin_options(ctl, argv);
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		if (c == 'h')
+			return print_help(record_help, stdout, RC_OK);
+		if (c == '?')
+			return usage_error(record_help, "record");
+		if (record_option(a, c, optarg) < 0)
+			return RC_USAGE;
+	}
+	if (optind < argc) {
+		fail("record: takes no arguments, got '%s'", argv[optind]);
+		return usage_error(record_help, "record");
+	}
+	if (check_record_args(a) < 0)
+		return RC_USAGE;
+	return RC_GO_ON;
+}
+
+/* Makes room for one more byte and the NUL, within RESPONSE_MAX. */
+static int grow(char **buf, size_t *cap, size_t n)
+{
+	size_t want;
+	char *p;
+
+	if (*cap - n >= 4096)
+		return 0;
+	want = *cap ? *cap * 2 : 65536;
+	if (want > RESPONSE_MAX + 1)
+		want = RESPONSE_MAX + 1;
+	if (want - n < 2)
+		return -EFBIG;
+	p = realloc(*buf, want);
+	if (!p)
+		return -ENOMEM;
+	*buf = p;
+	*cap = want;
+	return 0;
+}
+
+/* Reads all of f into a NUL-terminated buffer. */
+static int read_stream(FILE *f, char **out, size_t *len)
+{
+	size_t cap = 0, n = 0, got;
+	char *buf = NULL;
+	int err;
+
+	errno = 0;
+	do {
+		err = grow(&buf, &cap, n);
+		if (err < 0)
+			goto fail;
+		got = fread(buf + n, 1, cap - n - 1, f);
+		n += got;
+	} while (got > 0);
+	if (ferror(f)) {
+		/* fread() leaves the errno of read(), e.g. EISDIR. */
+		err = errno ? -errno : -EIO;
+		goto fail;
+	}
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return 0;
+fail:
+	free(buf);
+	return err;
+}
+
+static int read_response(const char *path, char **body, size_t *len)
+{
+	FILE *f = stdin;
+	int err;
+
+	if (strcmp(path, "-") != 0) {
+		f = fopen(path, "rb");
+		if (!f) {
+			err = -errno;
+			fail("record: cannot open %s: %s", path,
+			     strerror(-err));
+			return err;
+		}
+	}
+	err = read_stream(f, body, len);
+	if (err < 0)
+		fail("record: cannot read %s: %s",
+		     f == stdin ? "standard input" : path,
+		     err == -EFBIG ? "larger than 64 MiB" : strerror(-err));
+	if (f != stdin)
+		fclose(f);
+	return err;
+}
+
+/* Records the usage; prints why when that fails. */
+static int record_one(struct tally *t, const struct record_args *a)
+{
+	char *body = NULL;
+	size_t len = 0;
+	int err;
+
+	if (a->response) {
+		err = read_response(a->response, &body, &len);
+		if (err < 0)
+			return err;
+		err = tally_record_response(t, &a->u, body, len);
+		free(body);
+	} else {
+		err = tally_record(t, &a->u);
+	}
+	if (err < 0)
+		fail("record: %s", tally_strerror(err));
+	if (err == -EPROTONOSUPPORT)
+		fprintf(stderr, "tallyctl: --provider must be one of openAI, "
+				"azureOpenAI, openAICompatible, mistral, "
+				"anthropic, googleGemini, googleVertexAI, "
+				"googleGenAI, awsBedrock, alephAlpha, cohere, "
+				"ollama\n");
+	return err;
+}
+
+static int record_usage(struct ctl *ctl, const struct record_args *a)
+{
+	struct tally *t = NULL;
+	int rc = RC_FAIL;
+	int err;
+
+	if (open_handle(ctl, "record", &t) < 0)
+		return RC_FAIL;
+	if (record_one(t, a) < 0)
+		goto out;
+	err = tally_sync(t, a->timeout_ms);
+	if (err == -ETIMEDOUT)
+		fail("record: the usage is queued and was sent, but tallyd "
+		     "did not confirm its commit within %d ms; it may or may "
+		     "not be counted. Check that tallyd runs on %s "
+		     "(tallyctl stats), then look with tallyctl show.",
+		     a->timeout_ms, ctl->dir);
+	else if (err < 0)
+		fail("record: %s", tally_strerror(err));
+	else
+		rc = RC_OK;
+out:
+	tally_close(t);
+	return rc;
+}
+
+static int cmd_record(struct ctl *ctl, int argc, char **argv)
+{
+	struct record_args a = {.timeout_ms = 5000};
+	int rc;
+
+	rc = parse_record(ctl, argc, argv, &a);
+	if (rc != RC_GO_ON)
+		return rc;
+	return record_usage(ctl, &a);
+}
+
+/* ---- help ---- */
+
+static int cmd_help(struct ctl *ctl, int argc, char **argv)
+{
+	const struct command *cmd;
+
+	(void)ctl;
+	if (argc < 2)
+		return print_help(usage_text, stdout, RC_OK);
+	if (argc > 2) {
+		fail("help: takes one COMMAND, got %d", argc - 1);
+		return usage_error(help_help, "help");
+	}
+	cmd = find_command(argv[1]);
+	if (!cmd) {
+		fail("help: unknown command '%s'", argv[1]);
+		return usage_error(usage_text, NULL);
+	}
+	return print_help(cmd->help, stdout, RC_OK);
+}
+
+static const struct command commands[] = {
+	{"show", cmd_show, show_help},
+	{"sessions", cmd_sessions, sessions_help},
+	{"stats", cmd_stats, stats_help},
+	{"record", cmd_record, record_help},
+	{"help", cmd_help, help_help},
+};
+
+static const struct command *find_command(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(commands[i].name, name) == 0)
+			return &commands[i];
+	return NULL;
+}
+
+/*
+ * Parses the options before the command. The '+' stops getopt_long at the
+ * first non-option, so that the command's options stay for the command.
+ */
+static int parse_global(struct ctl *ctl, int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{"dir", required_argument, NULL, 'd'},
+		{"help", no_argument, NULL, 'h'},
+		{"version", no_argument, NULL, 'V'},
+		{NULL, 0, NULL, 0},
+	};
+	int c;
+
+	snprintf(ctl->prog, sizeof(ctl->prog), "tallyctl");
+	argv[0] = ctl->prog;
+	while ((c = getopt_long(argc, argv, "+d:hV", opts, NULL)) != -1) {
+		if (c == 'd')
+			ctl->dir = optarg;
+		else if (c == 'h')
+			return print_help(usage_text, stdout, RC_OK);
+		else if (c == 'V')
+			return print_help("tallyctl " TALLY_VERSION_STRING "\n",
+					  stdout, RC_OK);
+		else
+			return usage_error(usage_text, NULL);
+	}
+	if (optind >= argc) {
+		fail("no command given");
+		return usage_error(usage_text, NULL);
+	}
+	if (ctl->dir && !*ctl->dir) {
+		fail("--dir needs a directory, not an empty string");
+		return RC_USAGE;
+	}
+	return RC_GO_ON;
+}
+
+int main(int argc, char **argv)
+{
+	struct ctl ctl = {0};
+	const struct command *cmd;
+	int rc;
+
+	rc = parse_global(&ctl, argc, argv);
+	if (rc == RC_GO_ON) {
+		cmd = find_command(argv[optind]);
+		if (cmd) {
+			rc = cmd->run(&ctl, argc - optind, argv + optind);
+		} else {
+			fail("unknown command '%s'", argv[optind]);
+			rc = usage_error(usage_text, NULL);
+		}
+	}
+	if (fflush(stdout) != 0 || ferror(stdout)) {
+		fail("cannot write the output: %s", strerror(errno));
+		rc = RC_FAIL;
+	}
+	return rc;
+}
