@@ -17,7 +17,7 @@
 
 void harness_sleep_ms(int ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
 
 	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
 		;
@@ -56,6 +56,26 @@ void harness_fini(struct harness *h)
 	nftw(h->dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+int harness_setup(void **state)
+{
+	struct harness *h = malloc(sizeof(*h));
+
+	if (h == NULL)
+		return -1;
+	harness_init(h);
+	*state = h;
+	return 0;
+}
+
+int harness_teardown(void **state)
+{
+	struct harness *h = *state;
+
+	harness_fini(h);
+	free(h);
+	return 0;
+}
+
 pid_t harness_spawn(const char *dir, const char *const *extra,
 		    const char *stderr_path)
 {
@@ -78,8 +98,11 @@ pid_t harness_spawn(const char *dir, const char *const *extra,
 		int fd = open(stderr_path != NULL ? stderr_path : "/dev/null",
 			      O_WRONLY | O_CREAT | O_APPEND, 0644);
 
-		if (fd >= 0)
+		/* Never the test's own stdout: meson waits for it to close. */
+		if (fd >= 0) {
+			dup2(fd, 1);
 			dup2(fd, 2);
+		}
 		execv(tallyd, (char *const *)argv);
 		_exit(127);
 	}
@@ -156,8 +179,7 @@ void harness_stop_daemon(struct harness *h)
 void harness_kill_daemon(struct harness *h)
 {
 	assert_true(h->daemon > 0);
-	assert_int_equal(harness_stop(h->daemon, SIGKILL, 5000),
-			 128 + SIGKILL);
+	assert_int_equal(harness_stop(h->daemon, SIGKILL, 5000), 128 + SIGKILL);
 	h->daemon = -1;
 }
 
@@ -206,8 +228,7 @@ void harness_counts(struct tally *t, const char *session, const char *llm,
 	json_decref(root);
 }
 
-int harness_fork(int n, int (*fn)(int i, void *arg), void *arg,
-		 int timeout_ms)
+int harness_fork(int n, int (*fn)(int i, void *arg), void *arg, int timeout_ms)
 {
 	pid_t *pids = calloc((size_t)n, sizeof(*pids));
 	uint64_t deadline = mono_ms() + (uint64_t)timeout_ms;
@@ -222,8 +243,8 @@ int harness_fork(int n, int (*fn)(int i, void *arg), void *arg,
 	}
 	while (left > 0 && mono_ms() < deadline) {
 		for (int i = 0; i < n; i++) {
-			if (pids[i] <= 0 || waitpid(pids[i], &status,
-						    WNOHANG) != pids[i])
+			if (pids[i] <= 0 ||
+			    waitpid(pids[i], &status, WNOHANG) != pids[i])
 				continue;
 			if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 				failed++;

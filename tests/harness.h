@@ -8,10 +8,10 @@
 #ifndef TALLY_HARNESS_H
 #define TALLY_HARNESS_H
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 #include <sys/types.h>
 
 #include <cmocka.h>
@@ -27,6 +27,16 @@ struct harness {
 void harness_init(struct harness *h);
 /* Stops the daemon if it runs and removes the directory. */
 void harness_fini(struct harness *h);
+
+/*
+ * cmocka setup and teardown: *state becomes a struct harness, and the
+ * teardown stops its daemon and removes its directory even when the test
+ * failed half-way.
+ */
+int harness_setup(void **state);
+int harness_teardown(void **state);
+#define harness_test(f) \
+	cmocka_unit_test_setup_teardown(f, harness_setup, harness_teardown)
 
 /*
  * Starts tallyd on h->dir with the extra arguments (NULL-terminated) and
@@ -64,8 +74,7 @@ void harness_counts(struct tally *t, const char *session, const char *llm,
  * waits at most timeout_ms for all (killing the late ones) and returns
  * how many failed.
  */
-int harness_fork(int n, int (*fn)(int i, void *arg), void *arg,
-		 int timeout_ms);
+int harness_fork(int n, int (*fn)(int i, void *arg), void *arg, int timeout_ms);
 
 /* A usage with the given ids and counts, and fixed names. */
 struct tally_usage harness_usage(const char *session, const char *llm,

@@ -462,8 +462,13 @@ static int find_tallyd(struct bench *b)
 		if (!executable(b->tallyd_buf))
 			snprintf(b->tallyd_buf, sizeof(b->tallyd_buf),
 				 "%s/../daemon/tallyd", here);
-		if (executable(b->tallyd_buf))
+		/* Resolved, so that the command printed is plain. */
+		if (executable(b->tallyd_buf) &&
+		    realpath(b->tallyd_buf, self) &&
+		    strlen(self) < sizeof(b->tallyd_buf)) {
+			strcpy(b->tallyd_buf, self);
 			b->tallyd = b->tallyd_buf;
+		}
 	}
 	if (!b->tallyd) {
 		fprintf(stderr, "tally-bench: cannot find tallyd next to "
@@ -587,11 +592,36 @@ static void daemon_stop(struct bench *b)
 }
 
 /* Polls the daemon's counters until it answers, for at most 5 s. */
-static int wait_ready(struct bench *b)
+static int poll_ready(struct bench *b, struct tally *t)
 {
 	int64_t deadline = now_ns() + READY_DEADLINE_MS * 1000000LL;
-	struct tally *t = NULL;
 	char *json = NULL;
+	int err;
+
+	do {
+		err = tally_stats_json(t, 100, &json);
+		free(json);
+		json = NULL;
+		if (err == 0)
+			return 0;
+		if (daemon_gone(b)) {
+			fprintf(stderr, "tally-bench: tallyd exited before it "
+					"answered\n");
+			return -ECHILD;
+		}
+		if (interrupted)
+			return -EINTR;
+		sleep_ms(10);
+	} while (now_ns() < deadline);
+	fprintf(stderr,
+		"tally-bench: tallyd did not answer on %s within %d ms: %s\n",
+		b->dir, READY_DEADLINE_MS, tally_strerror(err));
+	return err;
+}
+
+static int wait_ready(struct bench *b)
+{
+	struct tally *t = NULL;
 	int err;
 
 	err = tally_open(&t, b->dir);
@@ -600,20 +630,10 @@ static int wait_ready(struct bench *b)
 			tally_strerror(err));
 		return err;
 	}
-	do {
-		err = tally_stats_json(t, 100, &json);
-		if (err == 0 || daemon_gone(b) || interrupted)
-			break;
-		sleep_ms(10);
-	} while (now_ns() < deadline);
-	free(json);
+	err = poll_ready(b, t);
+	/* Closed before the fork: the workers open their own handles. */
 	tally_close(t);
-	if (err < 0)
-		fprintf(stderr,
-			"tally-bench: tallyd did not answer on %s "
-			"within %d ms: %s\n",
-			b->dir, READY_DEADLINE_MS, tally_strerror(err));
-	return err < 0 ? err : 0;
+	return err;
 }
 
 /* ---- workers ---- */

@@ -736,6 +736,33 @@ static int record_option(struct record_args *a, int c, const char *arg)
 	return err;
 }
 
+/* Refuses a string longer than max bytes (or empty, if required). */
+static int check_length(const char *opt, const char *v, size_t max,
+			bool required)
+{
+	size_t len = v ? strlen(v) : 0;
+
+	if ((required && len == 0) || len > max) {
+		fail("record: %s takes %d to %zu bytes, not %zu", opt,
+		     required ? 1 : 0, max, len);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int check_strings(const struct tally_usage *u)
+{
+	if (check_length("--session", u->session_id, TALLY_ID_MAX, true) ||
+	    check_length("--llm", u->llm_reference_id, TALLY_ID_MAX, true) ||
+	    check_length("--name", u->llm_display_name, TALLY_NAME_MAX,
+			 false) ||
+	    check_length("--provider", u->provider_type, TALLY_NAME_MAX,
+			 false) ||
+	    check_length("--model", u->model_type, TALLY_NAME_MAX, false))
+		return -EINVAL;
+	return 0;
+}
+
 /* The combinations getopt_long cannot check. */
 static int check_record_args(const struct record_args *a)
 {
@@ -743,6 +770,8 @@ static int check_record_args(const struct record_args *a)
 		fail("record: --session and --llm are required");
 		return -EINVAL;
 	}
+	if (check_strings(&a->u) < 0)
+		return -EINVAL;
 	if (a->response && (a->has_input || a->has_output)) {
 		fail("record: give either --input and --output, or "
 		     "--response, not both");
