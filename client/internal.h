@@ -85,6 +85,9 @@ struct tally {
 	uint64_t committed;
 	uint64_t progress_ms;
 	uint64_t maintain_ms;
+	/* What the daemon last said it accepted, and since when. */
+	uint64_t accepted;
+	uint64_t accepted_ms;
 	struct queue q;
 	int push;
 	int req;

@@ -74,8 +74,8 @@ static int reader_open(const char *path, struct reader **out)
 		goto fail;
 	mdb_env_set_maxdbs(r->env, 8);
 	mdb_env_set_maxreaders(r->env, MAX_READERS);
-	rc = mdb_env_open(r->env, path,
-			  MDB_RDONLY | MDB_NOTLS | MDB_NOSUBDIR, 0660);
+	rc = mdb_env_open(r->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NOSUBDIR,
+			  0660);
 	if (rc == 0)
 		rc = open_dbis(r);
 	else
@@ -188,7 +188,7 @@ void reader_end(struct reader *r, MDB_txn *txn)
 int reader_producer_seq(struct reader *r, MDB_txn *txn, const uint8_t *id,
 			uint64_t *seq)
 {
-	MDB_val key = { LEDGER_PRODUCER_ID_LEN, (void *)id }, val;
+	MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)id}, val;
 	struct ledger_producer p;
 	int rc;
 

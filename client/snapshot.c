@@ -57,7 +57,7 @@ static int read_rows(struct reader *r, MDB_txn *txn, const char *sid,
 		     size_t sid_len, struct rows *rs)
 {
 	char prefix[TALLY_ID_MAX + 1];
-	MDB_val key = { sid_len + 1, prefix }, val;
+	MDB_val key = {sid_len + 1, prefix}, val;
 	MDB_cursor *cur;
 	struct row *row;
 	int rc;
@@ -97,8 +97,8 @@ static struct row *find_row(struct rows *rs, const char *llm, size_t len)
 
 static int keep_unpacked(struct rows *rs, Tally__Usage *u)
 {
-	Tally__Usage **p = realloc(rs->unpacked,
-				   (rs->nunpacked + 1) * sizeof(*p));
+	Tally__Usage **p =
+		realloc(rs->unpacked, (rs->nunpacked + 1) * sizeof(*p));
 
 	if (p == NULL)
 		return -ENOMEM;
@@ -118,12 +118,7 @@ static int overlay_one(struct rows *rs, const struct usage_view *v)
 		row->llm = v->str[USAGE_LLM];
 		row->llm_len = v->len[USAGE_LLM];
 	}
-	row->e.c.input += v->input;
-	row->e.c.output += v->output;
-	row->e.c.cache_read += v->cache_read;
-	row->e.c.cache_write += v->cache_write;
-	row->e.c.reasoning += v->reasoning;
-	row->e.c.calls++;
+	usage_count(&row->e.c, v);
 	for (int i = 0; i < LEDGER_NNAMES; i++) {
 		if (v->len[USAGE_DISPLAY + i] == 0)
 			continue;
@@ -165,15 +160,14 @@ static int overlay(struct tally *t, uint64_t committed, const char *sid,
 static void encode_details(struct jsonw *w, const struct ledger_counters *c)
 {
 	static const char *const names[] = {
-		"\"cacheReadInputTokens\":", "\"cacheWriteInputTokens\":",
+		"\"cacheReadInputTokens\":",  "\"cacheWriteInputTokens\":",
 		"\"reasoningOutputTokens\":", "\"calls\":",
-		"\"estimatedInputTokens\":", "\"estimatedOutputTokens\":",
+		"\"estimatedInputTokens\":",  "\"estimatedOutputTokens\":",
 		"\"usageMissingCalls\":",
 	};
-	const uint64_t values[] = { c->cache_read, c->cache_write,
-				    c->reasoning,  c->calls,
-				    c->est_input,  c->est_output,
-				    c->missing };
+	const uint64_t values[] = {c->cache_read, c->cache_write, c->reasoning,
+				   c->calls,	  c->est_input,	  c->est_output,
+				   c->missing};
 
 	jsonw_raw(w, ",\"details\":{", 12);
 	for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
@@ -205,6 +199,17 @@ static void encode_row(struct jsonw *w, const struct row *r, unsigned flags)
 	jsonw_raw(w, "}", 1);
 }
 
+static int row_cmp(const void *a, const void *b)
+{
+	const struct row *x = a, *y = b;
+	size_t n = x->llm_len < y->llm_len ? x->llm_len : y->llm_len;
+	int c = memcmp(x->llm, y->llm, n);
+
+	if (c != 0)
+		return c;
+	return x->llm_len < y->llm_len ? -1 : x->llm_len > y->llm_len;
+}
+
 static char *encode(const struct rows *rs, unsigned flags)
 {
 	struct jsonw w;
@@ -233,7 +238,7 @@ static int check_session_id(const char *sid, size_t *len)
 static int snapshot(struct tally *t, const char *sid, size_t sid_len,
 		    unsigned flags, char **json)
 {
-	struct rows rs = { 0 };
+	struct rows rs = {0};
 	struct reader *r;
 	uint64_t committed = 0;
 	MDB_txn *txn;
@@ -246,6 +251,9 @@ static int snapshot(struct tally *t, const char *sid, size_t sid_len,
 		rc = reader_producer_seq(r, txn, t->producer, &committed);
 	if (rc == 0)
 		rc = overlay(t, committed, sid, sid_len, &rs);
+	/* LLMs only this handle has used yet go where the ledger puts them. */
+	if (rc == 0 && rs.n > 1)
+		qsort(rs.r, rs.n, sizeof(rs.r[0]), row_cmp);
 	if (rc == 0) {
 		*json = encode(&rs, flags);
 		rc = *json == NULL ? -ENOMEM : 0;
@@ -335,7 +343,8 @@ int tally_sessions_json(struct tally *t, char **json)
 	*json = NULL;
 	if ((rc = tally_enter_locked(t)) < 0)
 		return rc;
-	if ((rc = tally_reader(t, &r)) == 0 && (rc = reader_begin(r, &txn)) == 0) {
+	if ((rc = tally_reader(t, &r)) == 0 &&
+	    (rc = reader_begin(r, &txn)) == 0) {
 		jsonw_init(&w);
 		rc = list_sessions(r, txn, &w);
 		reader_end(r, txn);

@@ -104,7 +104,8 @@ static int new_producer(struct tally *t)
 	}
 	t->last_seq = 0;
 	t->committed = 0;
-	t->progress_ms = tally_now_ms();
+	t->accepted = 0;
+	t->progress_ms = t->accepted_ms = tally_now_ms();
 	return 0;
 }
 
@@ -184,7 +185,7 @@ int tally_enter_locked(struct tally *t)
 
 int tally_open_ex(struct tally **out, const struct tally_options *opts)
 {
-	struct tally_options o = { 0 };
+	struct tally_options o = {0};
 	struct tally *t;
 	int rc;
 
@@ -225,7 +226,7 @@ fail:
 
 int tally_open(struct tally **out, const char *dir)
 {
-	struct tally_options o = { .dir = dir };
+	struct tally_options o = {.dir = dir};
 
 	return tally_open_ex(out, &o);
 }
@@ -344,8 +345,7 @@ static void maintain(struct tally *t, bool force)
 	}
 }
 
-static int pack_usage(const struct usage_view *v, uint8_t **out,
-		      uint32_t *len)
+static int pack_usage(const struct usage_view *v, uint8_t **out, uint32_t *len)
 {
 	Tally__Usage u = TALLY__USAGE__INIT;
 	ProtobufCBinaryData *b[USAGE_NSTR] = {
@@ -353,7 +353,10 @@ static int pack_usage(const struct usage_view *v, uint8_t **out,
 		&u.provider_type, &u.model_type,
 	};
 	protobuf_c_boolean *has[USAGE_NSTR] = {
-		NULL, NULL, &u.has_llm_display_name, &u.has_provider_type,
+		NULL,
+		NULL,
+		&u.has_llm_display_name,
+		&u.has_provider_type,
 		&u.has_model_type,
 	};
 	struct timespec ts;
@@ -409,10 +412,10 @@ static int record_view(struct tally *t, const struct usage_view *v)
 
 	if ((rc = make_room(t)) < 0 || (rc = pack_usage(v, &data, &len)) < 0)
 		return rc;
-	rc = queue_push(&t->q, t->last_seq + 1,
-			hash_session(v->str[USAGE_SESSION],
-				     v->len[USAGE_SESSION]),
-			data, len);
+	rc = queue_push(
+		&t->q, t->last_seq + 1,
+		hash_session(v->str[USAGE_SESSION], v->len[USAGE_SESSION]),
+		data, len);
 	if (rc < 0) {
 		free(data);
 		return rc;
@@ -499,6 +502,31 @@ static int remaining_ms(uint64_t deadline)
 	return now >= deadline ? 0 : (int)(deadline - now);
 }
 
+/*
+ * Whether usages the daemon lacks were lost rather than still on their
+ * way: it saw a later batch than it could apply, or what it accepted has
+ * not moved for a while. A slow daemon is not a lossy one; resending to it
+ * only adds load.
+ */
+static bool lost(struct tally *t, const Tally__Reply *r)
+{
+	uint64_t now = tally_now_ms();
+
+	if (r->accepted_seq >= t->last_seq)
+		return false;
+	if (r->has_gap && r->gap)
+		return true;
+	if (r->accepted_seq != t->accepted) {
+		t->accepted = r->accepted_seq;
+		t->accepted_ms = now;
+		return false;
+	}
+	if (now - t->accepted_ms < RESEND_AFTER_MS)
+		return false;
+	t->accepted_ms = now;
+	return true;
+}
+
 /* One round of sync: ask, learn, resend what the daemon does not have. */
 static int sync_round(struct tally *t, int wait_ms)
 {
@@ -521,9 +549,7 @@ static int sync_round(struct tally *t, int wait_ms)
 		return rc;
 	if (reply->status == 0) {
 		note_committed(t, reply->committed_seq);
-		/* The daemon waited and still lacks some: they were lost. */
-		if (t->committed < t->last_seq &&
-		    reply->accepted_seq < t->last_seq)
+		if (lost(t, reply))
 			queue_rewind(&t->q, reply->accepted_seq + 1);
 	}
 	rc = reply->status;
@@ -533,15 +559,16 @@ static int sync_round(struct tally *t, int wait_ms)
 
 static void pause_ms(int ms)
 {
-	struct timespec ts = { 0, (long)ms * 1000000 };
+	struct timespec ts = {0, (long)ms * 1000000};
 
 	nanosleep(&ts, NULL);
 }
 
 static int sync_locked(struct tally *t, int timeout_ms)
 {
-	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX
-					   : tally_now_ms() + (uint64_t)timeout_ms;
+	uint64_t deadline = timeout_ms < 0
+				    ? UINT64_MAX
+				    : tally_now_ms() + (uint64_t)timeout_ms;
 	int left, rc;
 
 	if (t->q.count == 0)

@@ -48,7 +48,7 @@ void jsonw_raw(struct jsonw *w, const char *s, size_t n)
 static void escape(struct jsonw *w, unsigned char c)
 {
 	static const char hex[] = "0123456789abcdef";
-	char u[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+	char u[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
 
 	switch (c) {
 	case '"':

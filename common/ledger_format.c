@@ -81,8 +81,8 @@ int ledger_entry_decode(const MDB_val *v, struct ledger_entry *e)
 void ledger_session_encode(const struct ledger_session *s, void *dst)
 {
 	unsigned char *p = dst;
-	uint64_t f[5] = { s->first_ns, s->last_ns, s->input, s->output,
-			  s->calls };
+	uint64_t f[5] = {s->first_ns, s->last_ns, s->input, s->output,
+			 s->calls};
 
 	memset(p, 0, 8);
 	p[0] = SESSION_VERSION;

@@ -35,8 +35,7 @@ int paths_default_dir(char *buf, size_t len)
 	return put(buf, len, home, "/.local/state/tally");
 }
 
-static int socket_url(char *url, size_t len, const char *dir,
-		      const char *name)
+static int socket_url(char *url, size_t len, const char *dir, const char *name)
 {
 	char path[PATHS_SUN_MAX + 1];
 	int rc;
@@ -64,8 +63,8 @@ int paths_init(struct tally_paths *p, const char *dir)
 	rc = socket_url(p->ingest_url, sizeof(p->ingest_url), p->dir,
 			PATHS_INGEST);
 	if (rc == 0)
-		rc = socket_url(p->control_url, sizeof(p->control_url),
-				p->dir, PATHS_CONTROL);
+		rc = socket_url(p->control_url, sizeof(p->control_url), p->dir,
+				PATHS_CONTROL);
 	if (rc == 0)
 		rc = put(p->ledger, sizeof(p->ledger), p->dir,
 			 "/" PATHS_LEDGER);

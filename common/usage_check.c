@@ -1,6 +1,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "ledger_format.h"
 #include "usage_check.h"
 
 /* Bytes 0x80..0xBF continue a sequence. */
@@ -108,8 +109,8 @@ void usage_view_from_wire(struct usage_view *v, const Tally__Usage *u)
 
 static int check_counts(const struct usage_view *v)
 {
-	const uint64_t c[] = { v->input, v->output, v->cache_read,
-			       v->cache_write, v->reasoning };
+	const uint64_t c[] = {v->input, v->output, v->cache_read,
+			      v->cache_write, v->reasoning};
 
 	for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++)
 		if (c[i] > TALLY_TOKENS_MAX)
@@ -137,4 +138,20 @@ int usage_check(const struct usage_view *v)
 	if (v->flags & ~(uint32_t)USAGE_FLAGS_ALL)
 		return -EINVAL;
 	return check_counts(v);
+}
+
+void usage_count(struct ledger_counters *c, const struct usage_view *v)
+{
+	c->input += v->input;
+	c->output += v->output;
+	c->cache_read += v->cache_read;
+	c->cache_write += v->cache_write;
+	c->reasoning += v->reasoning;
+	c->calls++;
+	if (v->flags & TALLY_USAGE_ESTIMATED) {
+		c->est_input += v->input;
+		c->est_output += v->output;
+	}
+	if (v->flags & (TALLY_USAGE_INPUT_MISSING | TALLY_USAGE_OUTPUT_MISSING))
+		c->missing++;
 }

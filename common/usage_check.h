@@ -23,9 +23,9 @@ enum usage_field {
 	USAGE_NSTR,
 };
 
-#define USAGE_FLAGS_ALL                                                       \
-	(TALLY_USAGE_ESTIMATED | TALLY_USAGE_HAS_CACHE_READ |                 \
-	 TALLY_USAGE_HAS_CACHE_WRITE | TALLY_USAGE_HAS_REASONING |            \
+#define USAGE_FLAGS_ALL                                            \
+	(TALLY_USAGE_ESTIMATED | TALLY_USAGE_HAS_CACHE_READ |      \
+	 TALLY_USAGE_HAS_CACHE_WRITE | TALLY_USAGE_HAS_REASONING | \
 	 TALLY_USAGE_INPUT_MISSING | TALLY_USAGE_OUTPUT_MISSING)
 
 /* A usage as byte strings with lengths, whichever side it came from. */
@@ -47,6 +47,14 @@ bool utf8_valid(const char *s, size_t len);
 /* Views of an API struct (strings may be NULL) and of a decoded message. */
 void usage_view_from_api(struct usage_view *v, const struct tally_usage *u);
 void usage_view_from_wire(struct usage_view *v, const Tally__Usage *u);
+
+/*
+ * usage_count() - adds one checked usage to a ledger entry's counters:
+ * the one place, shared by the daemon and a client's read-your-writes
+ * overlay, that says what a usage adds to what.
+ */
+struct ledger_counters;
+void usage_count(struct ledger_counters *c, const struct usage_view *v);
 
 /*
  * usage_check() - 0 when v may be counted.

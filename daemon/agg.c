@@ -224,22 +224,6 @@ static int take_names(struct agg *a, struct agg_entry *ae,
 	return 0;
 }
 
-static void add_counts(struct ledger_counters *c, const struct usage_view *v)
-{
-	c->input += v->input;
-	c->output += v->output;
-	c->cache_read += v->cache_read;
-	c->cache_write += v->cache_write;
-	c->reasoning += v->reasoning;
-	c->calls++;
-	if (v->flags & TALLY_USAGE_ESTIMATED) {
-		c->est_input += v->input;
-		c->est_output += v->output;
-	}
-	if (v->flags & (TALLY_USAGE_INPUT_MISSING | TALLY_USAGE_OUTPUT_MISSING))
-		c->missing++;
-}
-
 static void touch(uint64_t *first, uint64_t *last, uint64_t t)
 {
 	if (*first == 0 || t < *first)
@@ -258,13 +242,12 @@ int agg_add(struct agg *a, const struct usage_view *v, uint64_t now_ns)
 
 	ae = (struct agg_entry *)find_or_add(a, &a->entries, key, n,
 					     sizeof(*ae));
-	as = (struct agg_session *)find_or_add(a, &a->sessions, key,
-					       v->len[USAGE_SESSION],
-					       sizeof(*as));
+	as = (struct agg_session *)find_or_add(
+		a, &a->sessions, key, v->len[USAGE_SESSION], sizeof(*as));
 	if (ae == NULL || as == NULL || take_names(a, ae, v) < 0)
 		return -ENOMEM;
 	ae->session_len = (uint32_t)v->len[USAGE_SESSION];
-	add_counts(&ae->e.c, v);
+	usage_count(&ae->e.c, v);
 	touch(&ae->e.first_ns, &ae->e.last_ns, now_ns);
 	as->s.input += v->input;
 	as->s.output += v->output;
@@ -278,10 +261,9 @@ int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq)
 {
 	struct agg_producer *ap;
 
-	ap = (struct agg_producer *)find_or_add(a, &a->producers,
-						(const char *)id,
-						LEDGER_PRODUCER_ID_LEN,
-						sizeof(*ap));
+	ap = (struct agg_producer *)find_or_add(
+		a, &a->producers, (const char *)id, LEDGER_PRODUCER_ID_LEN,
+		sizeof(*ap));
 	if (ap == NULL)
 		return -ENOMEM;
 	ap->seq = seq;

@@ -73,10 +73,9 @@ int agg_add(struct agg *a, const struct usage_view *v, uint64_t now_ns);
 /* Records that producer id has everything up to seq in this aggregate. */
 int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq);
 
-#define agg_foreach(a, table, type, var)                                     \
-	for (size_t agg_i_ = 0;                                               \
-	     agg_i_ < (a)->table.count &&                                     \
-	     ((var) = (type *)(a)->table.list[agg_i_], 1);                    \
+#define agg_foreach(a, table, type, var)                                      \
+	for (size_t agg_i_ = 0; agg_i_ < (a)->table.count &&                  \
+				((var) = (type *)(a)->table.list[agg_i_], 1); \
 	     agg_i_++)
 
 #endif

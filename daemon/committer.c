@@ -20,7 +20,7 @@
 
 static void sleep_ms(unsigned ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000 };
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
 
 	nanosleep(&ts, NULL);
 }
@@ -65,14 +65,17 @@ static int commit_with_retry(struct tallyd *d, struct agg *a)
 		if (rc == 0) {
 			note_commit(d, a, now_ns() - start, &st);
 			if (attempt > 1)
-				log_notice("commit", "commit succeeded after "
-					   "%u attempts", attempt);
+				log_notice("commit",
+					   "commit succeeded after "
+					   "%u attempts",
+					   attempt);
 			return 0;
 		}
 		STAT_ADD(d, commit_failures, 1);
-		log_err("commit", "commit of %zu usages failed (attempt %u): "
-			"%s; kept and retried in %u ms", a->usages, attempt,
-			strerror(-rc), backoff);
+		log_err("commit",
+			"commit of %zu usages failed (attempt %u): "
+			"%s; kept and retried in %u ms",
+			a->usages, attempt, strerror(-rc), backoff);
 		if (stop_requested(c)) {
 			if (stop_deadline == 0)
 				stop_deadline = now_ms() + STOP_RETRY_MS;
@@ -80,7 +83,8 @@ static int commit_with_retry(struct tallyd *d, struct agg *a)
 				return rc;
 		}
 		sleep_ms(backoff);
-		backoff = backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2;
+		backoff =
+			backoff * 2 > RETRY_MAX_MS ? RETRY_MAX_MS : backoff * 2;
 	}
 }
 
@@ -181,7 +185,8 @@ static void mark_committed(struct tallyd *d, struct agg *a)
 
 	agg_foreach(a, producers, struct agg_producer, ap)
 	{
-		struct producer *p = producer_get(d, (const uint8_t *)ap->item.key);
+		struct producer *p =
+			producer_get(d, (const uint8_t *)ap->item.key);
 
 		if (p != NULL && ap->seq > p->committed)
 			p->committed = ap->seq;
@@ -208,8 +213,10 @@ bool committer_reap(struct tallyd *d)
 	if (rc == 0)
 		mark_committed(d, a);
 	else
-		log_err("commit", "%zu usages were not committed: %s; their "
-			"producers will resend them", a->usages, strerror(-rc));
+		log_err("commit",
+			"%zu usages were not committed: %s; their "
+			"producers will resend them",
+			a->usages, strerror(-rc));
 	agg_reset(a);
 	c->busy = NULL;
 	return true;

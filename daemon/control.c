@@ -56,14 +56,15 @@ static void reply_status(struct tallyd *d, void *header, int status)
 	send_reply(d, header, &r);
 }
 
-static void reply_sync(struct tallyd *d, void *header,
-		       const struct producer *p)
+static void reply_sync(struct tallyd *d, void *header, const struct producer *p)
 {
 	Tally__Reply r = TALLY__REPLY__INIT;
 
 	r.has_committed_seq = r.has_accepted_seq = 1;
 	r.committed_seq = p->committed;
 	r.accepted_seq = p->accepted;
+	r.has_gap = 1;
+	r.gap = p->gap;
 	send_reply(d, header, &r);
 }
 
@@ -79,15 +80,15 @@ static int add_waiter(struct tallyd *d, void *header, struct producer *p,
 		d->waiters = w;
 		d->waiters_cap = cap;
 	}
-	d->waiters[d->nwaiters++] = (struct waiter){ header, p, seq, deadline };
+	d->waiters[d->nwaiters++] = (struct waiter){header, p, seq, deadline};
 	return 0;
 }
 
 static void handle_sync(struct tallyd *d, void *header,
 			const Tally__SyncRequest *s)
 {
-	uint32_t wait = s->wait_ms < SYNC_WAIT_MAX_MS ? s->wait_ms
-						      : SYNC_WAIT_MAX_MS;
+	uint32_t wait =
+		s->wait_ms < SYNC_WAIT_MAX_MS ? s->wait_ms : SYNC_WAIT_MAX_MS;
 	struct producer *p;
 
 	STAT_ADD(d, sync_requests, 1);
@@ -109,28 +110,17 @@ static const struct {
 	const char *name;
 	size_t offset;
 } stat_fields[] = {
-#define F(x) { #x, offsetof(struct tallyd_stats, x) }
-	F(messages),
-	F(usages_received),
-	F(usages_accepted),
-	F(usages_applied),
-	F(duplicates),
-	F(gap_batches),
-	F(gap_usages),
-	F(malformed_messages),
-	F(malformed_usages),
-	F(oversized_messages),
-	F(overflows),
-	F(commits),
-	F(commit_failures),
-	F(commit_ns_last),
-	F(commit_ns_max),
-	F(commit_ns_total),
-	F(map_grows),
-	F(dead_readers),
-	F(sync_requests),
-	F(control_requests),
-	F(control_malformed),
+#define F(x)                                         \
+	{                                            \
+#x, offsetof(struct tallyd_stats, x) \
+	}
+	F(messages),	       F(usages_received),    F(usages_accepted),
+	F(usages_applied),     F(duplicates),	      F(gap_batches),
+	F(gap_usages),	       F(malformed_messages), F(malformed_usages),
+	F(oversized_messages), F(overflows),	      F(commits),
+	F(commit_failures),    F(commit_ns_last),     F(commit_ns_max),
+	F(commit_ns_total),    F(map_grows),	      F(dead_readers),
+	F(sync_requests),      F(control_requests),   F(control_malformed),
 	F(producers),
 #undef F
 };
@@ -142,11 +132,11 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 {
 	struct ledger_info li;
 	const char *names[NINFO] = {
-		"map_size",   "ledger_bytes",	   "readers",
+		"map_size",    "ledger_bytes",	    "readers",
 		"max_readers", "oldest_reader_lag", "last_txnid",
-		"pending",    "sync_waiters",	   "uptime_ms",
+		"pending",     "sync_waiters",	    "uptime_ms",
 	};
-	uint64_t values[NINFO] = { 0 };
+	uint64_t values[NINFO] = {0};
 
 	if (ledger_info(&d->ledger, &li) == 0) {
 		values[0] = li.map_size;
@@ -230,7 +220,7 @@ static void handle_request(struct tallyd *d, void *header, const void *buf,
 static int recv_request(struct tallyd *d)
 {
 	void *buf = NULL, *header = NULL;
-	struct nn_iovec iov = { &buf, NN_MSG };
+	struct nn_iovec iov = {&buf, NN_MSG};
 	struct nn_msghdr hdr;
 	int len;
 

@@ -180,8 +180,8 @@ static bool batch_sane(const Tally__Batch *b)
 	       b->first_seq <= UINT64_MAX - b->n_usages;
 }
 
-static void bad_usage(struct tallyd *d, const struct producer *p,
-		      uint64_t seq, int err)
+static void bad_usage(struct tallyd *d, const struct producer *p, uint64_t seq,
+		      int err)
 {
 	char id[2 * LEDGER_PRODUCER_ID_LEN + 1];
 
@@ -212,7 +212,8 @@ static void apply_batch(struct tallyd *d, struct producer *p,
 		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {
 			log_limited(&d->bad_input, LOG_ERR, "ingest",
 				    "out of memory; usage %" PRIu64
-				    " will be resent", seq);
+				    " will be resent",
+				    seq);
 			break;
 		}
 		if (rc < 0)
@@ -247,9 +248,11 @@ static void handle_batch(struct tallyd *d, const Tally__Batch *b)
 		/* Something before it was lost; the client resends from there. */
 		STAT_ADD(d, gap_batches, 1);
 		STAT_ADD(d, gap_usages, b->n_usages);
+		p->gap = true;
 		return;
 	}
 	STAT_ADD(d, duplicates, p->accepted + 1 - b->first_seq);
+	p->gap = false;
 	apply_batch(d, p, b);
 }
 
@@ -262,7 +265,8 @@ void ingest_handle(struct tallyd *d, const void *buf, size_t len)
 		STAT_ADD(d, oversized_messages, 1);
 		log_limited(&d->bad_input, LOG_WARNING, "ingest",
 			    "dropped a %zu-byte message: over the %zu-byte "
-			    "limit (--max-message)", len, d->cfg.max_message);
+			    "limit (--max-message)",
+			    len, d->cfg.max_message);
 		return;
 	}
 	arena_rewind(&arena, len);

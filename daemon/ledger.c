@@ -38,7 +38,7 @@ int ledger_errno(int rc)
 static int open_dbs(struct ledger *l)
 {
 	MDB_txn *txn;
-	MDB_val key = { 6, "schema" }, val;
+	MDB_val key = {6, "schema"}, val;
 	uint32_t schema = LEDGER_SCHEMA;
 	int rc;
 
@@ -140,8 +140,8 @@ static void read_end(struct ledger *l, MDB_txn *txn)
 
 int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq)
 {
-	MDB_val key = { LEDGER_PRODUCER_ID_LEN, (void *)id }, val;
-	struct ledger_producer p = { 0, 0 };
+	MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)id}, val;
+	struct ledger_producer p = {0, 0};
 	MDB_txn *txn;
 	int rc;
 
@@ -158,7 +158,8 @@ int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq)
 	return rc;
 }
 
-static void merge_names(struct ledger_entry *dst, const struct ledger_entry *src)
+static void merge_names(struct ledger_entry *dst,
+			const struct ledger_entry *src)
 {
 	for (int i = 0; i < LEDGER_NNAMES; i++) {
 		if (src->name_len[i] == 0)
@@ -171,7 +172,7 @@ static void merge_names(struct ledger_entry *dst, const struct ledger_entry *src
 static int put_entry(struct ledger *l, MDB_txn *txn, struct agg_entry *ae,
 		     struct ledger_commit_stats *st)
 {
-	MDB_val key = { ae->item.key_len, (void *)ae->item.key }, val;
+	MDB_val key = {ae->item.key_len, (void *)ae->item.key}, val;
 	char buf[128 + LEDGER_NNAMES * TALLY_NAME_MAX];
 	struct ledger_entry e;
 	int rc;
@@ -182,14 +183,16 @@ static int put_entry(struct ledger *l, MDB_txn *txn, struct agg_entry *ae,
 	} else if (rc != 0) {
 		return rc;
 	} else if (ledger_entry_decode(&val, &e) < 0) {
-		log_err("ledger", "usage record of session %.*s does not decode; "
-			"run 'tallyctl check'", (int)ae->session_len,
-			ae->item.key);
+		log_err("ledger",
+			"usage record of session %.*s does not decode; "
+			"run 'tallyctl check'",
+			(int)ae->session_len, ae->item.key);
 		return MDB_CORRUPTED;
 	} else if (ledger_counters_add(&e.c, &ae->e.c) < 0) {
-		log_err("ledger", "refused %" PRIu64 " calls of session %.*s: "
-			"a total would overflow", ae->e.c.calls,
-			(int)ae->session_len, ae->item.key);
+		log_err("ledger",
+			"refused %" PRIu64 " calls of session %.*s: "
+			"a total would overflow",
+			ae->e.c.calls, (int)ae->session_len, ae->item.key);
 		st->overflows += ae->e.c.calls;
 		return 0;
 	} else {
@@ -204,7 +207,7 @@ static int put_entry(struct ledger *l, MDB_txn *txn, struct agg_entry *ae,
 
 static int put_session(struct ledger *l, MDB_txn *txn, struct agg_session *as)
 {
-	MDB_val key = { as->item.key_len, (void *)as->item.key }, val;
+	MDB_val key = {as->item.key_len, (void *)as->item.key}, val;
 	struct ledger_session s;
 	char buf[LEDGER_SESSION_SIZE];
 	int rc;
@@ -229,11 +232,11 @@ static int put_session(struct ledger *l, MDB_txn *txn, struct agg_session *as)
 	return mdb_put(txn, l->sessions, &key, &val, 0);
 }
 
-static int put_producer(struct ledger *l, MDB_txn *txn,
-			struct agg_producer *ap, uint64_t now_ns)
+static int put_producer(struct ledger *l, MDB_txn *txn, struct agg_producer *ap,
+			uint64_t now_ns)
 {
-	MDB_val key = { LEDGER_PRODUCER_ID_LEN, (void *)ap->item.key }, val;
-	struct ledger_producer p = { ap->seq, now_ns };
+	MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)ap->item.key}, val;
+	struct ledger_producer p = {ap->seq, now_ns};
 	char buf[LEDGER_PRODUCER_SIZE];
 
 	ledger_producer_encode(&p, buf);
@@ -346,7 +349,7 @@ static int scan_reader(const char *msg, void *ctx)
 
 int ledger_info(struct ledger *l, struct ledger_info *info)
 {
-	struct reader_scan rs = { 0, 0 };
+	struct reader_scan rs = {0, 0};
 	MDB_envinfo ei;
 	int rc;
 
@@ -359,9 +362,8 @@ int ledger_info(struct ledger *l, struct ledger_info *info)
 	info->readers = rs.count;
 	info->max_readers = ei.me_maxreaders;
 	info->last_txnid = ei.me_last_txnid;
-	info->oldest_reader_lag =
-		rs.count && ei.me_last_txnid > rs.oldest
-			? ei.me_last_txnid - rs.oldest
-			: 0;
+	info->oldest_reader_lag = rs.count && ei.me_last_txnid > rs.oldest
+					  ? ei.me_last_txnid - rs.oldest
+					  : 0;
 	return 0;
 }

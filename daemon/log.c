@@ -10,14 +10,14 @@
 static int max_level = LOG_NOTICE;
 
 static const char *const names[] = {
-	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert", [LOG_CRIT] = "crit",
+	[LOG_EMERG] = "emerg", [LOG_ALERT] = "alert",  [LOG_CRIT] = "crit",
 	[LOG_ERR] = "err",     [LOG_WARNING] = "warn", [LOG_NOTICE] = "notice",
 	[LOG_INFO] = "info",   [LOG_DEBUG] = "debug",
 };
 
 void log_set_level(int level)
 {
-	max_level = level < LOG_ERR ? LOG_ERR
+	max_level = level < LOG_ERR	? LOG_ERR
 		    : level > LOG_DEBUG ? LOG_DEBUG
 					: level;
 }

@@ -31,8 +31,9 @@ struct log_limit {
 	unsigned suppressed;
 };
 
-__attribute__((format(printf, 4, 5))) void
-log_limited(struct log_limit *l, int prio, const char *tag, const char *fmt,
-	    ...);
+__attribute__((format(printf, 4, 5))) void log_limited(struct log_limit *l,
+						       int prio,
+						       const char *tag,
+						       const char *fmt, ...);
 
 #endif

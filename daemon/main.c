@@ -50,16 +50,16 @@ static const char usage_text[] =
 enum { OPT_MAP_SIZE = 256, OPT_MAX_MESSAGE, OPT_NO_SYNC };
 
 static const struct option options[] = {
-	{ "dir", required_argument, NULL, 'd' },
-	{ "group", required_argument, NULL, 'g' },
-	{ "map-size", required_argument, NULL, OPT_MAP_SIZE },
-	{ "max-message", required_argument, NULL, OPT_MAX_MESSAGE },
-	{ "no-sync", no_argument, NULL, OPT_NO_SYNC },
-	{ "verbose", no_argument, NULL, 'v' },
-	{ "quiet", no_argument, NULL, 'q' },
-	{ "help", no_argument, NULL, 'h' },
-	{ "version", no_argument, NULL, 'V' },
-	{ NULL, 0, NULL, 0 },
+	{"dir", required_argument, NULL, 'd'},
+	{"group", required_argument, NULL, 'g'},
+	{"map-size", required_argument, NULL, OPT_MAP_SIZE},
+	{"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
+	{"no-sync", no_argument, NULL, OPT_NO_SYNC},
+	{"verbose", no_argument, NULL, 'v'},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, 'V'},
+	{NULL, 0, NULL, 0},
 };
 
 /* Parses "64M" and the like; 0 for anything malformed or out of range. */
@@ -76,9 +76,21 @@ static size_t parse_size(const char *s)
 	if (errno != 0)
 		return 0;
 	switch (*end) {
-	case 'K': case 'k': shift = 10; end++; break;
-	case 'M': case 'm': shift = 20; end++; break;
-	case 'G': case 'g': shift = 30; end++; break;
+	case 'K':
+	case 'k':
+		shift = 10;
+		end++;
+		break;
+	case 'M':
+	case 'm':
+		shift = 20;
+		end++;
+		break;
+	case 'G':
+	case 'g':
+		shift = 30;
+		end++;
+		break;
 	}
 	if (*end != '\0' || v > (SIZE_MAX >> shift))
 		return 0;
@@ -91,15 +103,26 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "d:g:vqhV", options, NULL)) != -1) {
 		switch (c) {
-		case 'd': cfg->dir = optarg; break;
-		case 'g': cfg->group = optarg; break;
-		case 'v': level++; break;
-		case 'q': level--; break;
-		case OPT_NO_SYNC: cfg->nosync = true; break;
+		case 'd':
+			cfg->dir = optarg;
+			break;
+		case 'g':
+			cfg->group = optarg;
+			break;
+		case 'v':
+			level++;
+			break;
+		case 'q':
+			level--;
+			break;
+		case OPT_NO_SYNC:
+			cfg->nosync = true;
+			break;
 		case OPT_MAP_SIZE:
 			cfg->map_size = parse_size(optarg);
 			if (cfg->map_size < 65536) {
-				fprintf(stderr, "tallyd: --map-size wants a "
+				fprintf(stderr,
+					"tallyd: --map-size wants a "
 					"size of at least 64K, not '%s'\n",
 					optarg);
 				return 2;
@@ -109,21 +132,29 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 			cfg->max_message = parse_size(optarg);
 			if (cfg->max_message < 1024 ||
 			    cfg->max_message > ((size_t)1 << 28)) {
-				fprintf(stderr, "tallyd: --max-message wants "
-					"1K to 256M, not '%s'\n", optarg);
+				fprintf(stderr,
+					"tallyd: --max-message wants "
+					"1K to 256M, not '%s'\n",
+					optarg);
 				return 2;
 			}
 			break;
-		case 'h': fputs(usage_text, stdout); return 0;
-		case 'V': puts("tallyd " TALLY_VERSION_STRING); return 0;
+		case 'h':
+			fputs(usage_text, stdout);
+			return 0;
+		case 'V':
+			puts("tallyd " TALLY_VERSION_STRING);
+			return 0;
 		default:
 			fputs("Try 'tallyd --help'.\n", stderr);
 			return 2;
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "tallyd: unexpected argument '%s'\nTry "
-			"'tallyd --help'.\n", argv[optind]);
+		fprintf(stderr,
+			"tallyd: unexpected argument '%s'\nTry "
+			"'tallyd --help'.\n",
+			argv[optind]);
 		return 2;
 	}
 	log_set_level(level);
@@ -151,12 +182,16 @@ static int open_paths(struct tallyd *d)
 	int rc = paths_init(&d->paths, d->cfg.dir);
 
 	if (rc == -ENAMETOOLONG)
-		log_err("main", "ledger directory too long: a socket path "
+		log_err("main",
+			"ledger directory too long: a socket path "
 			"there would pass the %d bytes of a Unix socket "
-			"address; choose a shorter --dir", PATHS_SUN_MAX);
+			"address; choose a shorter --dir",
+			PATHS_SUN_MAX);
 	else if (rc < 0)
-		log_err("main", "no ledger directory: set --dir or "
-			"TALLY_DIR (%s)", strerror(-rc));
+		log_err("main",
+			"no ledger directory: set --dir or "
+			"TALLY_DIR (%s)",
+			strerror(-rc));
 	if (rc < 0)
 		return rc;
 	rc = runtime_prepare_dir(d->paths.dir);
@@ -172,9 +207,11 @@ static int open_ledger(struct tallyd *d)
 			     d->cfg.nosync);
 
 	if (rc == TALLY_EVERSION)
-		log_err("main", "%s was written by another version of tally "
+		log_err("main",
+			"%s was written by another version of tally "
 			"(schema %d expected); move it away or use that "
-			"version", d->paths.ledger, LEDGER_SCHEMA);
+			"version",
+			d->paths.ledger, LEDGER_SCHEMA);
 	else if (rc < 0)
 		log_err("main", "cannot open ledger %s: %s", d->paths.ledger,
 			strerror(-rc));

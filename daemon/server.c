@@ -118,7 +118,7 @@ static void loop_once(struct tallyd *d, struct pollfd *fds,
 /* Waits for the aggregate in the committer's hands, within a deadline. */
 static bool wait_commit(struct tallyd *d, uint64_t deadline)
 {
-	struct pollfd pfd = { d->committer.event_fd, POLLIN, 0 };
+	struct pollfd pfd = {d->committer.event_fd, POLLIN, 0};
 
 	while (!committer_idle(d)) {
 		uint64_t now = now_ms();
@@ -151,7 +151,7 @@ static int shutdown_commit(struct tallyd *d)
 		rc = -ETIMEDOUT;
 	if (rc < 0)
 		log_err("main", "last commit did not finish in time; clients "
-			"will resend what it held");
+				"will resend what it held");
 	control_answer_waiters(d, true);
 	return rc;
 }
@@ -165,10 +165,10 @@ int server_run(struct tallyd *d)
 	if (in < 0 || ctl < 0)
 		return in < 0 ? in : ctl;
 	memset(fds, 0, sizeof(fds));
-	fds[FD_SIGNAL] = (struct pollfd){ d->signal_fd, POLLIN, 0 };
-	fds[FD_INGEST] = (struct pollfd){ in, POLLIN, 0 };
-	fds[FD_CONTROL] = (struct pollfd){ ctl, POLLIN, 0 };
-	fds[FD_COMMIT] = (struct pollfd){ d->committer.event_fd, POLLIN, 0 };
+	fds[FD_SIGNAL] = (struct pollfd){d->signal_fd, POLLIN, 0};
+	fds[FD_INGEST] = (struct pollfd){in, POLLIN, 0};
+	fds[FD_CONTROL] = (struct pollfd){ctl, POLLIN, 0};
+	fds[FD_COMMIT] = (struct pollfd){d->committer.event_fd, POLLIN, 0};
 	while (!d->stopping)
 		loop_once(d, fds, &next_check);
 	return shutdown_commit(d);

@@ -56,11 +56,11 @@ struct tallyd_stats {
 	_Atomic uint64_t producers;
 };
 
-#define STAT_ADD(d, field, n)                                                 \
+#define STAT_ADD(d, field, n) \
 	atomic_fetch_add_explicit(&(d)->stats.field, (n), memory_order_relaxed)
-#define STAT_SET(d, field, n)                                                 \
+#define STAT_SET(d, field, n) \
 	atomic_store_explicit(&(d)->stats.field, (n), memory_order_relaxed)
-#define STAT_GET(d, field)                                                    \
+#define STAT_GET(d, field) \
 	atomic_load_explicit(&(d)->stats.field, memory_order_relaxed)
 
 struct committer {
@@ -83,6 +83,8 @@ struct producer {
 	uint64_t accepted;
 	uint64_t committed;
 	uint64_t last_ms;
+	/* A batch past accepted + 1 came: something before it was lost. */
+	bool gap;
 };
 
 struct producer_map {
