@@ -9,6 +9,12 @@
  * plays in struct tally_usage, so that the rule itself (input is every
  * prompt-side token billed, output every generated token billed) is applied
  * in one place, by read_field() and finish().
+ *
+ * A stream reports its usage in some of its events. For most providers each
+ * such report is complete, and the last one stands; Anthropic's events each
+ * report some fields, and a field's last value stands. Either way a stream is
+ * never read by adding chunks up. provider_fold() applies that rule to one
+ * event; stream.c frames the events.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -18,6 +24,7 @@
 
 #include <jansson.h>
 
+#include "provider.h"
 #include "tally.h"
 
 /*
@@ -372,9 +379,62 @@ static int parse_openai(const json_t *body, struct reading *r)
 	return read_shape(usage, openai_shape(body, usage), r);
 }
 
+/*
+ * A message_start stream event carries its usage inside the message; a
+ * message_delta event and a whole response carry it at the top.
+ */
+static const json_t *anthropic_body(const json_t *body)
+{
+	const json_t *message = member(body, "message");
+
+	if (!member(body, "usage") && json_is_object(message))
+		return message;
+	return body;
+}
+
 static int parse_anthropic(const json_t *body, struct reading *r)
 {
-	return read_member(body, "usage", &anthropic, r);
+	return read_member(anthropic_body(body), "usage", &anthropic, r);
+}
+
+/*
+ * Sets in dst each member of usage that one of fields reads: a counter that
+ * an event repeats replaces the value an earlier event gave, and one that it
+ * leaves out (or sends as null) keeps it. Only those members are kept, so
+ * that dst stays small whatever the events hold.
+ */
+static int merge_fields(json_t *dst, const json_t *usage,
+			const struct field *fields)
+{
+	const struct field *f;
+
+	for (f = fields; f->key; f++) {
+		const char *key = f->parent ? f->parent : f->key;
+		const json_t *v = member(usage, key);
+
+		if (v && json_object_set_new(dst, key, json_deep_copy(v)))
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Anthropic's stream: message_start reports the input, both cache buckets
+ * and a first output count; every message_delta reports running totals
+ * (cumulative, not increments) of the fields it names. The usage of the
+ * call is the last value of each field, never a sum.
+ */
+static int merge_anthropic(struct provider_acc *acc, const json_t *event)
+{
+	const json_t *usage = member(anthropic_body(event), "usage");
+
+	if (!acc->merged) {
+		acc->merged = json_pack("{s:{}}", "usage");
+		if (!acc->merged)
+			return -ENOMEM;
+	}
+	return merge_fields(json_object_get(acc->merged, "usage"), usage,
+			    anthropic_fields);
 }
 
 /* The last element of the array body that has key, or NULL. */
@@ -404,7 +464,33 @@ static int parse_gemini(const json_t *body, struct reading *r)
 
 static int parse_bedrock(const json_t *body, struct reading *r)
 {
+	const json_t *metadata = member(body, "metadata");
+
+	/*
+	 * ConverseStream reports usage once, in its metadata event; SDKs hand
+	 * that event over wrapped in an object named after its type.
+	 */
+	if (!member(body, "usage") && json_is_object(metadata))
+		body = metadata;
 	return read_member(body, "usage", &bedrock, r);
+}
+
+/*
+ * Streams report in their last event: v2 in message-end's delta, v1 in
+ * stream-end's response.
+ */
+static const json_t *cohere_body(const json_t *body)
+{
+	const json_t *delta = member(body, "delta");
+	const json_t *response = member(body, "response");
+
+	if (member(body, "usage") || member(body, "meta"))
+		return body;
+	if (json_is_object(delta))
+		return delta;
+	if (json_is_object(response))
+		return response;
+	return body;
 }
 
 /*
@@ -419,6 +505,7 @@ static int parse_cohere(const json_t *body, struct reading *r)
 	const json_t *usage, *units;
 	int rc;
 
+	body = cohere_body(body);
 	rc = get_object(body, member(body, "usage") ? "usage" : "meta", &usage);
 	if (!rc)
 		rc = get_object(usage, "billed_units", &units);
@@ -451,19 +538,36 @@ static int parse_aleph_alpha(const json_t *body, struct reading *r)
 	return read_shape(body, &aleph_prompt_only, r);
 }
 
-static const struct provider {
+/*
+ * In a stream, every usage report of OpenAI (the final chunk of Chat
+ * Completions, the terminal event of the Responses API), Azure, Mistral,
+ * Gemini (running totals in every chunk), Bedrock (the metadata event),
+ * Cohere (message-end), Ollama (the done object) and Aleph Alpha is
+ * complete, so the last one stands and merge is NULL. Anthropic's are not.
+ */
+struct provider {
 	const char *type;
 	int (*parse)(const json_t *body, struct reading *r);
-} providers[] = {
-	{"openAI", parse_openai},	    {"azureOpenAI", parse_openai},
-	{"openAICompatible", parse_openai}, {"mistral", parse_openai},
-	{"anthropic", parse_anthropic},	    {"googleGemini", parse_gemini},
-	{"googleVertexAI", parse_gemini},   {"googleGenAI", parse_gemini},
-	{"awsBedrock", parse_bedrock},	    {"alephAlpha", parse_aleph_alpha},
-	{"cohere", parse_cohere},	    {"ollama", parse_ollama},
+	/* Folds a stream event that reported usage into acc. */
+	int (*merge)(struct provider_acc *acc, const json_t *event);
 };
 
-static const struct provider *find_provider(const char *type)
+static const struct provider providers[] = {
+	{"openAI", parse_openai, NULL},
+	{"azureOpenAI", parse_openai, NULL},
+	{"openAICompatible", parse_openai, NULL},
+	{"mistral", parse_openai, NULL},
+	{"anthropic", parse_anthropic, merge_anthropic},
+	{"googleGemini", parse_gemini, NULL},
+	{"googleVertexAI", parse_gemini, NULL},
+	{"googleGenAI", parse_gemini, NULL},
+	{"awsBedrock", parse_bedrock, NULL},
+	{"alephAlpha", parse_aleph_alpha, NULL},
+	{"cohere", parse_cohere, NULL},
+	{"ollama", parse_ollama, NULL},
+};
+
+const struct provider *provider_find(const char *type)
 {
 	size_t i;
 
@@ -491,6 +595,17 @@ static void drop_unfit_details(struct tally_usage *u)
 	}
 }
 
+/* Copies the counts and flags of from to u, and none of its strings. */
+static void copy_counts(struct tally_usage *u, const struct tally_usage *from)
+{
+	u->input_tokens = from->input_tokens;
+	u->output_tokens = from->output_tokens;
+	u->cache_read_tokens = from->cache_read_tokens;
+	u->cache_write_tokens = from->cache_write_tokens;
+	u->reasoning_tokens = from->reasoning_tokens;
+	u->flags = from->flags;
+}
+
 /* Checks what r holds and, if it is a usage, copies it to u. */
 static int finish(struct reading *r, struct tally_usage *u)
 {
@@ -506,42 +621,98 @@ static int finish(struct reading *r, struct tally_usage *u)
 	if (!r->has_output && !r->no_output)
 		m->flags |= TALLY_USAGE_OUTPUT_MISSING;
 	drop_unfit_details(m);
-	u->input_tokens = m->input_tokens;
-	u->output_tokens = m->output_tokens;
-	u->cache_read_tokens = m->cache_read_tokens;
-	u->cache_write_tokens = m->cache_write_tokens;
-	u->reasoning_tokens = m->reasoning_tokens;
-	u->flags = m->flags;
+	copy_counts(u, m);
 	return 0;
 }
 
+/* Reads body in p's format into the counts and flags of u. */
+static int read_body(const struct provider *p, const json_t *body,
+		     struct tally_usage *u)
+{
+	struct reading r = {0};
+	int rc;
+
+	rc = p->parse(body, &r);
+	if (rc)
+		return rc;
+	return finish(&r, u);
+}
+
+json_t *provider_load(const char *text, size_t len)
+{
+	/*
+	 * Every number is decoded as a double, so that an integer too large
+	 * for json_int_t is a count out of range (-ERANGE) rather than a
+	 * body that failed to parse.
+	 */
+	return json_loadb(text, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
+			  NULL);
+}
+
+/*
+ * An event is read whole first, so that one with a malformed or out of
+ * range count fails here, when it comes, whatever the provider.
+ */
+int provider_fold(const struct provider *p, struct provider_acc *acc,
+		  const json_t *event)
+{
+	struct tally_usage u;
+	int rc;
+
+	rc = read_body(p, event, &u);
+	if (rc == -ENODATA)
+		return 0;
+	if (rc)
+		return rc;
+	if (p->merge)
+		return p->merge(acc, event);
+	acc->last = u;
+	acc->seen = true;
+	return 0;
+}
+
+int provider_result(const struct provider *p, const struct provider_acc *acc,
+		    struct tally_usage *u)
+{
+	if (acc->merged)
+		return read_body(p, acc->merged, u);
+	if (!acc->seen)
+		return -ENODATA;
+	copy_counts(u, &acc->last);
+	return 0;
+}
+
+void provider_acc_fini(struct provider_acc *acc)
+{
+	json_decref(acc->merged);
+	acc->merged = NULL;
+	acc->seen = false;
+}
+
+/*
+ * The body's form decides how it is read: an SSE transcript by its first
+ * line; then one JSON value, as a whole response; and what is not one JSON
+ * value may still be a stream of JSON lines.
+ */
 int tally_parse_response(const char *provider_type, const char *body,
 			 size_t len, struct tally_usage *u)
 {
-	struct reading r = {0};
 	const struct provider *p;
 	json_t *root;
 	int rc;
 
 	if (!provider_type || !body || !u)
 		return -EINVAL;
-	p = find_provider(provider_type);
+	p = provider_find(provider_type);
 	if (!p)
 		return -EPROTONOSUPPORT;
+	if (stream_is_sse(body, len))
+		return stream_parse_sse(p, body, len, u);
 
-	/*
-	 * Every number is decoded as a double, so that an integer too large
-	 * for json_int_t is a count out of range (-ERANGE) rather than a
-	 * body that failed to parse.
-	 */
-	root = json_loadb(body, len, JSON_DECODE_ANY | JSON_DECODE_INT_AS_REAL,
-			  NULL);
+	root = provider_load(body, len);
 	if (!root)
-		return -EBADMSG;
-
-	rc = p->parse(root, &r);
-	if (!rc)
-		rc = finish(&r, u);
+		return stream_parse_lines(p, body, len, u);
+	rc = read_body(p, root, u);
 	json_decref(root);
 	return rc;
 }

@@ -627,7 +627,7 @@ void tally_close(struct tally *t)
 	if (t->next != NULL)
 		t->next->prev = t->prev;
 	pthread_mutex_unlock(&handles_lock);
-	if (tally_enter_locked(t) == 0) {
+	if (t->close_timeout_ms >= 0 && tally_enter_locked(t) == 0) {
 		sync_locked(t, t->close_timeout_ms);
 		pthread_mutex_unlock(&t->lock);
 	}

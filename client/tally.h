@@ -111,7 +111,11 @@ struct tally_options {
 	 * in milliseconds; default 0 (fail at once with -ENOBUFS).
 	 */
 	int record_timeout_ms;
-	/* How long tally_close() waits for the daemon's commit; default 5000. */
+	/*
+	 * How long tally_close() waits for the daemon's commit, in
+	 * milliseconds: 0 means the default, 5000; a negative value means not
+	 * at all (for a caller whose own tally_sync() already failed).
+	 */
 	int close_timeout_ms;
 };
 
@@ -182,14 +186,47 @@ int tally_record(struct tally *t, const struct tally_usage *u);
  * "openAICompatible", "mistral", "anthropic", "googleGemini",
  * "googleVertexAI", "googleGenAI", "awsBedrock", "alephAlpha", "cohere",
  * "ollama". body is the JSON response, len its length. Sets the counts and
- * flags of *u and leaves its strings alone.
+ * flags of *u and leaves its strings alone; on failure *u is not changed.
+ *
+ * body may also be a whole streamed response. Its form is told from the
+ * body itself:
+ *  - Server-Sent Events, when the first line that is not blank starts with
+ *    "data:", "event:", "id:", "retry:" or ":" (a comment). Each event's
+ *    data lines, joined by LF, are its JSON payload; "data: [DONE]" and
+ *    the other fields are skipped. Lines end in LF, CRLF or CR. A last
+ *    event without its closing blank line still counts.
+ *  - JSON lines, when body is not one JSON value but each of its lines
+ *    that is not blank is one: the events as SDKs hand them over, and
+ *    Ollama's stream.
+ *  - Otherwise one JSON value: the whole response, as before.
+ * A stream's usage is never a sum of its chunks. It is:
+ *  - openAI, azureOpenAI, openAICompatible, mistral: the last chunk whose
+ *    "usage" is not null (Chat Completions sends it in a final chunk with
+ *    empty choices when stream_options.include_usage is set; Azure's
+ *    content-filter chunks carry none); for the Responses API, the
+ *    "response.usage" of its terminal response.completed,
+ *    response.incomplete or response.failed event.
+ *  - anthropic: message_start's usage, with each field that a later
+ *    message_delta reports replaced by that value (message_delta counts
+ *    are running totals): the last value of every field.
+ *  - googleGemini, googleVertexAI, googleGenAI: the usageMetadata of the
+ *    last chunk that has one (each chunk repeats the running totals).
+ *  - awsBedrock: ConverseStream's metadata event, {"metadata":{"usage":..}}
+ *    or its bare payload {"usage":..}.
+ *  - cohere: v2's message-end event (delta.usage, billed units first), or
+ *    v1's stream-end event (response.meta).
+ *  - ollama: the final object, "done": true, with its counters.
+ *  - alephAlpha: the last event with counts (completion_summary).
  *
  * Errors:
  *  -EINVAL       an argument is NULL.
  *  -EPROTONOSUPPORT  provider_type is not one of the above.
- *  -EBADMSG      body is not JSON, or a usage field has the wrong type.
- *  -ENODATA      body holds no usage report.
+ *  -EBADMSG      body is not JSON, or a usage field has the wrong type; in
+ *                a stream, an event's payload is not one JSON value.
+ *  -ENODATA      body holds no usage report; a stream has no event that
+ *                reports usage (its usage is unknown, not 0).
  *  -ERANGE       a count is negative or larger than TALLY_TOKENS_MAX.
+ *  -ENOMEM       out of memory (streams only).
  */
 int tally_parse_response(const char *provider_type, const char *body,
 			 size_t len, struct tally_usage *u);
@@ -198,7 +235,9 @@ int tally_parse_response(const char *provider_type, const char *body,
  * tally_record_response() - record a call from its provider response.
  *
  * Takes the ids and names from ids (its counts are ignored) and the counts
- * from body, parsed as tally_parse_response() does for ids->provider_type.
+ * from body, parsed as tally_parse_response() does for ids->provider_type:
+ * body may be a whole response or a whole stream transcript (SSE or JSON
+ * lines). For a stream seen one event at a time, see tally_stream_begin().
  * Errors: those of tally_parse_response() and tally_record().
  */
 int tally_record_response(struct tally *t, const struct tally_usage *ids,
@@ -274,6 +313,235 @@ int tally_sessions_json(struct tally *t, char **json);
  *  -ENOMEM     out of memory.
  */
 int tally_stats_json(struct tally *t, int timeout_ms, char **json);
+
+/* --- Streamed responses (see tally_record_response) --- */
+
+/*
+ * A streamed response reports its usage in some of its events, never as a
+ * sum of chunks: for each provider the stream's usage is what
+ * tally_parse_response() documents for a transcript. A worker that holds the
+ * whole transcript gives it to tally_parse_response() or
+ * tally_record_response(); one that sees the events one at a time feeds
+ * them to a struct tally_stream:
+ *
+ *	struct tally_stream *s;
+ *	struct tally_usage u = {.session_id = ..., ...};
+ *
+ *	tally_stream_begin(&s, "anthropic");
+ *	for each event:
+ *		tally_stream_feed(s, data, data_len);
+ *	if (tally_stream_end(s, &u) == 0)
+ *		tally_record(t, &u);
+ *
+ * Feeding every event of a transcript gives the same usage, or the same
+ * error, as tally_parse_response() on the whole transcript.
+ *
+ * A stream belongs to its caller: it has no lock, and is used by one thread
+ * at a time. It holds no socket or file and survives fork() in both
+ * processes, which then hold separate copies. Streams are independent of
+ * each other and of every struct tally.
+ */
+struct tally_stream;
+
+/*
+ * tally_stream_begin() - start reading the usage of one streamed response.
+ *
+ * provider_type selects the format, as for tally_parse_response(). On
+ * success *s holds the stream, to be ended with tally_stream_end() or
+ * abandoned with tally_stream_free(); on failure *s is NULL.
+ *
+ * Errors:
+ *  -EINVAL           s or provider_type is NULL.
+ *  -EPROTONOSUPPORT  provider_type is not one tally_parse_response() names.
+ *  -ENOMEM           out of memory.
+ */
+int tally_stream_begin(struct tally_stream **s, const char *provider_type);
+
+/*
+ * tally_stream_feed() - read one event of the stream.
+ *
+ * event is the payload of one event, len its length in bytes: the JSON text
+ * of one SSE event's data (what follows "data: ", its lines joined by LF if
+ * it had several), or one line of a JSON lines stream, or one event an SDK
+ * handed over, serialised as JSON. It is not an SSE line: "event:", "data:"
+ * and comment lines are framing, for the caller to strip. OpenAI's "[DONE]"
+ * sentinel and a payload of nothing but white space are accepted and
+ * ignored. event need not be NUL-terminated; nothing past len is read, and
+ * nothing of it is kept after the call.
+ *
+ * Feed every event, in order, those without usage included: the stream
+ * keeps only the usage they report, so their count costs nothing.
+ *
+ * Errors (the stream keeps the first one: every later tally_stream_feed()
+ * and tally_stream_end() return it, because the usage of a stream with an
+ * unreadable event is not known):
+ *  -EINVAL   s or event is NULL. Not kept.
+ *  -EBADMSG  event is not one JSON value, or a usage field in it has the
+ *            wrong type.
+ *  -ERANGE   a count in event is negative, fractional, or larger than
+ *            TALLY_TOKENS_MAX, or its parts add up past it.
+ *  -ENOMEM   out of memory.
+ */
+int tally_stream_feed(struct tally_stream *s, const char *event, size_t len);
+
+/*
+ * tally_stream_end() - the usage of the stream, and free it.
+ *
+ * Sets the counts and flags of *u, as tally_parse_response() does, and
+ * leaves its strings alone; on failure *u is not changed. s is freed in
+ * every case but a NULL s, and must not be used again.
+ *
+ * Errors:
+ *  -EINVAL   s or u is NULL.
+ *  -ENODATA  no event reported usage: a stream without its usage event
+ *            (OpenAI without stream_options.include_usage, a stream cut
+ *            short). Its usage is unknown, not 0.
+ *  -ERANGE   the last values of the counts add up past TALLY_TOKENS_MAX.
+ *  The error a tally_stream_feed() call met, if one did.
+ */
+int tally_stream_end(struct tally_stream *s, struct tally_usage *u);
+
+/* tally_stream_free() - abandon a stream. NULL is accepted. */
+void tally_stream_free(struct tally_stream *s);
+
+/* --- Estimation from text --- */
+
+/*
+ * When a provider reports no usage, a call's tokens can be estimated from
+ * its text. Such counts are recorded with TALLY_USAGE_ESTIMATED, and the
+ * ledger keeps how many tokens of each entry were estimated.
+ *
+ * OpenAI models are counted exactly: the byte-pair encoding of their
+ * tokenizer with OpenAI's published ranks, giving the same count as
+ * gpt-tokenizer 4.0.0 (the tests hold it to that):
+ *   o200k_base   gpt-4o*, gpt-4.1*, gpt-4.5*, gpt-5*, gpt-oss-*, chatgpt-*,
+ *                codex-*, o1, o3, o4 and their "-..." versions, and every
+ *                other gpt-* model not listed below
+ *   cl100k_base  gpt-4, gpt-4-*, gpt-3.5*, gpt-35*, text-embedding-3-*,
+ *                text-embedding-ada-002, babbage-002, davinci-002
+ * A model type is matched without regard to ASCII case, after dropping a
+ * fine-tune's "ft:", everything up to the last '/', and Bedrock's
+ * "openai.". Special tokens are not recognised: "<|endoftext|>" in a text
+ * counts as the characters it is made of.
+ *
+ * The rank files o200k_base.tiktoken and cl100k_base.tiktoken (one
+ * "base64 rank" line per token) are read from $TALLY_DATA_DIR when it is
+ * set and not empty, else from the installation's share/tally directory;
+ * tally_estimate_data_dir() says which. tools/setup installs them there.
+ * Each file is loaded by the first call that needs it, once per process,
+ * and shared read-only by every thread and handle (about 6 MB for
+ * o200k_base, 3 MB for cl100k_base, kept until the process exits). A
+ * load that failed is tried again by the next call.
+ *
+ * Other models are estimated from a ratio of Unicode characters (code
+ * points) per token, rounded up:
+ *   family     model types that contain                    chars/token
+ *   anthropic  "claude"                                            3.5
+ *   gemini     "gemini", "gemma"                                   4.0
+ *   mistral    "mistral", "mixtral", "ministral", "codestral",     3.5
+ *              "pixtral", "magistral", "devstral"
+ *   cohere     "cohere", or that start command, embed-, rerank-,   4.0
+ *              aya-, c4ai- (after any "vendor/")
+ *   llama      "llama"                                             4.0
+ *   unknown    anything else, NULL and ""                          4.0
+ * Google documents about 4 characters per token for Gemini, OpenAI about
+ * 4 for English text; 3.5 for Claude is the figure commonly quoted (not
+ * published by Anthropic); Mistral's 32k-token vocabularies split English
+ * finer than OpenAI's; the others take the common 4.
+ *
+ * How wrong a ratio is could only be measured against a real count, and
+ * the only tokenizers that run offline here are OpenAI's: the errors were
+ * therefore measured against o200k_base counts, standing in for each
+ * family's own tokenizer, on the mixed corpus in tests/fixtures/corpus
+ * (code, English and French prose, CJK, emoji, JSON, long runs of white
+ * space). `tally-bench --estimate-error tests/fixtures/corpus` prints them.
+ * Over the whole corpus (estimate - o200k count) / o200k count was
+ * ESTIMATE_ERRORS.
+ */
+
+/* How tally_estimate_tokens() counts the tokens of one model type. */
+struct tally_estimator {
+	/* "o200k_base", "cl100k_base", or a family of the table above. */
+	const char *name;
+	/* True for an OpenAI encoding: the count is exact. */
+	bool exact;
+	/* A family's characters per token; 0 when exact. */
+	double chars_per_token;
+};
+
+/*
+ * tally_estimator_for() - how the tokens of model_type are counted.
+ *
+ * Reads no file. e->name is a static string.
+ * Errors: -EINVAL when e is NULL or model_type is longer than
+ * TALLY_NAME_MAX.
+ */
+int tally_estimator_for(const char *model_type, struct tally_estimator *e);
+
+/*
+ * tally_estimate_tokens() - the number of tokens of text for model_type.
+ *
+ * text is len bytes of UTF-8, NUL bytes allowed, no terminator needed; it
+ * may be NULL when len is 0. It is counted as it is: no chat-format
+ * overhead, no special tokens. Needs no handle and may be called from any
+ * thread, and in a child after fork().
+ *
+ * Errors:
+ *  -EINVAL        tokens is NULL, text is NULL and len is not 0, or
+ *                 model_type is longer than TALLY_NAME_MAX.
+ *  -EILSEQ        text is not valid UTF-8. Nothing is replaced.
+ *  -ENOENT        the model's rank file is not installed: it is not in
+ *                 the data directory (run tools/setup, or set
+ *                 TALLY_DATA_DIR to a directory that holds it).
+ *  -EACCES        the rank file may not be read; other errors of open()
+ *                 and read() are returned as they are.
+ *  -EBADMSG       the rank file is not one: damaged or truncated.
+ *  -ENAMETOOLONG  the data directory's path is too long.
+ *  -E2BIG         the pattern that cuts the text into pieces met one of
+ *                 PCRE2's resource limits on this text.
+ *  -ENOMEM        out of memory.
+ */
+int tally_estimate_tokens(const char *model_type, const char *text,
+			  size_t len, uint64_t *tokens);
+
+/*
+ * tally_estimate_usage() - the usage of one call, from its text.
+ *
+ * Counts prompt (prompt_len bytes) as the input and completion as the
+ * output, as tally_estimate_tokens() does for model_type, and sets the
+ * counts and flags of *u, leaving its strings alone. A text given, even
+ * empty, is counted and sets TALLY_USAGE_ESTIMATED. A NULL text was not
+ * seen: its count is 0 and TALLY_USAGE_INPUT_MISSING or
+ * TALLY_USAGE_OUTPUT_MISSING is set. With both NULL the call is a "usage
+ * missing" call, which the ledger counts apart (usageMissingCalls in the
+ * details) rather than as a call of 0 tokens.
+ *
+ * Errors: -EINVAL when u is NULL or a text is NULL with a length not 0;
+ * those of tally_estimate_tokens(). On error *u is not changed.
+ */
+int tally_estimate_usage(const char *model_type, const char *prompt,
+			 size_t prompt_len, const char *completion,
+			 size_t completion_len, struct tally_usage *u);
+
+/*
+ * tally_record_text() - record one call from its prompt and completion.
+ *
+ * Takes the ids and names from ids (its counts and flags are ignored),
+ * the counts and flags from tally_estimate_usage() for ids->model_type,
+ * and records the usage as tally_record() does.
+ * Errors: those of tally_estimate_usage() and tally_record().
+ */
+int tally_record_text(struct tally *t, const struct tally_usage *ids,
+		      const char *prompt, size_t prompt_len,
+		      const char *completion, size_t completion_len);
+
+/*
+ * tally_estimate_data_dir() - the directory rank files are read from.
+ *
+ * Writes it NUL-terminated to buf of size len.
+ * Errors: -EINVAL for a NULL buf, -ENAMETOOLONG when it does not fit.
+ */
+int tally_estimate_data_dir(char *buf, size_t len);
 
 /*
  * tally_strerror() - a sentence for an error this library returned.

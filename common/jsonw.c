@@ -39,7 +39,8 @@ static int grow(struct jsonw *w, size_t n)
 
 void jsonw_raw(struct jsonw *w, const char *s, size_t n)
 {
-	if (grow(w, n) < 0)
+	/* An absent name is (NULL, 0): nothing to copy, and no NULL to pass. */
+	if (n == 0 || grow(w, n) < 0)
 		return;
 	memcpy(w->buf + w->len, s, n);
 	w->len += n;

@@ -53,6 +53,8 @@ void ledger_entry_encode(const struct ledger_entry *e, void *dst)
 	memcpy(p + 16 + sizeof(e->c), &e->last_ns, 8);
 	p += ENTRY_HEADER;
 	for (int i = 0; i < LEDGER_NNAMES; i++) {
+		if (e->name_len[i] == 0)
+			continue;
 		memcpy(p, e->name[i], e->name_len[i]);
 		p += e->name_len[i];
 	}

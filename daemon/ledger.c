@@ -221,9 +221,10 @@ static int put_session(struct ledger *l, MDB_txn *txn, struct agg_session *as)
 		return MDB_CORRUPTED;
 	} else {
 		/* Totals here are for listing; the entries are the truth. */
-		s.input += as->s.input;
-		s.output += as->s.output;
-		s.calls += as->s.calls;
+		if (__builtin_add_overflow(s.input, as->s.input, &s.input) ||
+		    __builtin_add_overflow(s.output, as->s.output, &s.output) ||
+		    __builtin_add_overflow(s.calls, as->s.calls, &s.calls))
+			s.input = s.output = s.calls = UINT64_MAX;
 		s.last_ns = as->s.last_ns;
 	}
 	val.mv_size = sizeof(buf);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,8 +96,12 @@ pid_t harness_spawn(const char *dir, const char *const *extra,
 	argv[n] = NULL;
 	pid = fork();
 	if (pid == 0) {
-		int fd = open(stderr_path != NULL ? stderr_path : "/dev/null",
-			      O_WRONLY | O_CREAT | O_APPEND, 0644);
+		int fd;
+
+		/* A test that dies (a sanitizer abort) takes its daemon along. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		fd = open(stderr_path != NULL ? stderr_path : "/dev/null",
+			  O_WRONLY | O_CREAT | O_APPEND, 0644);
 
 		/* Never the test's own stdout: meson waits for it to close. */
 		if (fd >= 0) {

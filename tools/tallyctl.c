@@ -213,12 +213,18 @@ static int resolve_dir(struct ctl *ctl)
 
 static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
 {
+	/*
+	 * Every command that records syncs with its own --timeout first, so
+	 * closing need not wait a second time.
+	 */
+	struct tally_options opts = {.close_timeout_ms = -1};
 	int err;
 
 	err = resolve_dir(ctl);
 	if (err < 0)
 		return err;
-	err = tally_open(t, ctl->dir);
+	opts.dir = ctl->dir;
+	err = tally_open_ex(t, &opts);
 	if (err < 0)
 		fail("%s: cannot open %s: %s", cmd, ctl->dir,
 		     tally_strerror(err));
