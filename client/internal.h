@@ -16,9 +16,6 @@
 #include "paths.h"
 #include "tally.h"
 
-/* Largest batch a client sends in one message. */
-#define CLIENT_BATCH_BYTES (64 * 1024)
-
 /* queue.c: usages recorded but not yet known to be committed. */
 struct qentry {
 	uint64_t seq;
@@ -75,6 +72,11 @@ struct tally {
 	pthread_mutex_t lock;
 	struct tally_paths paths;
 	size_t queue_max;
+	/* Largest message sent, and the buffer batches are built in. */
+	size_t max_message;
+	uint8_t *batch_buf;
+	/* A wait for room ended without room; cleared by progress. */
+	bool stalled;
 	int record_timeout_ms;
 	int close_timeout_ms;
 	/* fork_gen when the sockets, producer id and queue were made. */

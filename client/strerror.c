@@ -19,6 +19,8 @@ static const struct {
 		     "directory?"},
 	{-ENOENT, "no ledger in the directory: tallyd has never run there"},
 	{-ENODATA, "the response carries no usage report"},
+	{-EMSGSIZE, "the usage is larger than the handle's message limit "
+		    "(max_message)"},
 	{-EBADMSG, "the response or message is malformed"},
 	{-EPROTONOSUPPORT, "unknown provider type"},
 	{-ENAMETOOLONG, "the directory is too long for a Unix socket path "

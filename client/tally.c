@@ -22,6 +22,11 @@
 #include "usage_check.h"
 
 #define DEFAULT_QUEUE_MAX 65536
+#define DEFAULT_MAX_MESSAGE (64 * 1024)
+#define MIN_MAX_MESSAGE 1024
+/* Field tags and lengths around one packed usage, and the batch header. */
+#define BATCH_USAGE_OVERHEAD 6
+#define BATCH_HEADER_MAX 64
 #define DEFAULT_CLOSE_TIMEOUT_MS 5000
 /* How often a busy handle looks at what the ledger has committed. */
 #define MAINTAIN_MS 50
@@ -204,6 +209,17 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 	t->record_timeout_ms = o.record_timeout_ms;
 	t->close_timeout_ms = o.close_timeout_ms ? o.close_timeout_ms
 						 : DEFAULT_CLOSE_TIMEOUT_MS;
+	t->max_message = o.max_message ? o.max_message : DEFAULT_MAX_MESSAGE;
+	if (t->max_message < MIN_MAX_MESSAGE) {
+		free(t);
+		return -EINVAL;
+	}
+	/* The first usage of a batch may take it to its limit, then more. */
+	t->batch_buf = malloc(t->max_message + BATCH_HEADER_MAX);
+	if (t->batch_buf == NULL) {
+		rc = -ENOMEM;
+		goto fail;
+	}
 	if ((rc = paths_init(&t->paths, o.dir)) < 0 ||
 	    (rc = queue_init(&t->q, t->queue_max)) < 0 ||
 	    (rc = new_producer(t)) < 0 || (rc = ensure_sockets(t)) < 0)
@@ -220,6 +236,7 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 fail:
 	close_sockets(t);
 	queue_fini(&t->q);
+	free(t->batch_buf);
 	free(t);
 	return rc;
 }
@@ -246,6 +263,7 @@ static void note_committed(struct tally *t, uint64_t seq)
 	if (seq > t->committed) {
 		t->committed = seq;
 		t->progress_ms = tally_now_ms();
+		t->stalled = false;
 	}
 	queue_trim(&t->q, t->committed);
 }
@@ -266,17 +284,6 @@ int tally_refresh_committed(struct tally *t)
 	return rc;
 }
 
-/* Packs the batch header; usages are appended as field 3 by hand. */
-static size_t pack_header(struct tally *t, uint64_t first_seq, uint8_t *buf)
-{
-	Tally__Batch b = TALLY__BATCH__INIT;
-
-	b.producer.len = sizeof(t->producer);
-	b.producer.data = t->producer;
-	b.first_seq = first_seq;
-	return tally__batch__pack(&b, buf);
-}
-
 static size_t put_varint(uint8_t *p, uint64_t v)
 {
 	size_t n = 0;
@@ -289,21 +296,48 @@ static size_t put_varint(uint8_t *p, uint64_t v)
 	return n;
 }
 
+/*
+ * A batch is written by hand in protobuf's wire format: the producer
+ * (field 1) and first sequence (2), the already packed usages (3), and
+ * their count (4) last, so that a message cut short is never applied.
+ */
+static size_t put_header(struct tally *t, uint64_t first_seq, uint8_t *buf)
+{
+	size_t n = 0;
+
+	buf[n++] = (1 << 3) | 2;
+	buf[n++] = sizeof(t->producer);
+	memcpy(buf + n, t->producer, sizeof(t->producer));
+	n += sizeof(t->producer);
+	buf[n++] = 2 << 3;
+	return n + put_varint(buf + n, first_seq);
+}
+
+static size_t put_usage(uint8_t *buf, const struct qentry *e)
+{
+	size_t n = 0;
+
+	buf[n++] = (3 << 3) | 2;
+	n += put_varint(buf + n, e->len);
+	memcpy(buf + n, e->data, e->len);
+	return n + e->len;
+}
+
 /* Builds one message from the unsent entries; returns how many it took. */
 static size_t build_batch(struct tally *t, uint8_t *buf, size_t *len)
 {
 	struct qentry *e = queue_at(&t->q, t->q.sent);
-	size_t n = pack_header(t, e->seq, buf), i;
+	size_t n = put_header(t, e->seq, buf), i;
 
 	for (i = t->q.sent; i < t->q.count; i++) {
 		e = queue_at(&t->q, i);
-		if (i > t->q.sent && n + e->len + 11 > CLIENT_BATCH_BYTES)
+		if (i > t->q.sent &&
+		    n + e->len + BATCH_USAGE_OVERHEAD > t->max_message)
 			break;
-		buf[n++] = (3 << 3) | 2;
-		n += put_varint(buf + n, e->len);
-		memcpy(buf + n, e->data, e->len);
-		n += e->len;
+		n += put_usage(buf + n, e);
 	}
+	buf[n++] = 4 << 3;
+	n += put_varint(buf + n, i - t->q.sent);
 	*len = n;
 	return i - t->q.sent;
 }
@@ -311,7 +345,7 @@ static size_t build_batch(struct tally *t, uint8_t *buf, size_t *len)
 /* Sends what is unsent, without blocking; a full pipe leaves it queued. */
 static int flush(struct tally *t)
 {
-	static _Thread_local uint8_t buf[CLIENT_BATCH_BYTES + 512];
+	uint8_t *buf = t->batch_buf;
 	size_t len, taken;
 
 	if (ensure_sockets(t) < 0)
@@ -391,7 +425,12 @@ static int pack_usage(const struct usage_view *v, uint8_t **out, uint32_t *len)
 
 static int sync_locked(struct tally *t, int timeout_ms);
 
-/* Room for one more usage: trim by the ledger, then wait if allowed. */
+/*
+ * Room for one more usage: trim by the ledger, then wait if allowed. A
+ * wait that ended without room marks the handle stalled, and a stalled
+ * handle fails at once until the ledger moves again: a caller recording in
+ * a loop against a stopped daemon loses one timeout, not one per call.
+ */
 static int make_room(struct tally *t)
 {
 	if (t->q.count < t->q.cap)
@@ -399,9 +438,14 @@ static int make_room(struct tally *t)
 	maintain(t, true);
 	if (t->q.count < t->q.cap)
 		return 0;
+	if (t->stalled)
+		return -ENOBUFS;
 	if (t->record_timeout_ms > 0)
 		sync_locked(t, t->record_timeout_ms);
-	return t->q.count < t->q.cap ? 0 : -ENOBUFS;
+	if (t->q.count < t->q.cap)
+		return 0;
+	t->stalled = true;
+	return -ENOBUFS;
 }
 
 static int record_view(struct tally *t, const struct usage_view *v)
@@ -412,6 +456,10 @@ static int record_view(struct tally *t, const struct usage_view *v)
 
 	if ((rc = make_room(t)) < 0 || (rc = pack_usage(v, &data, &len)) < 0)
 		return rc;
+	if (len + BATCH_USAGE_OVERHEAD + BATCH_HEADER_MAX > t->max_message) {
+		free(data);
+		return -EMSGSIZE;
+	}
 	rc = queue_push(
 		&t->q, t->last_seq + 1,
 		hash_session(v->str[USAGE_SESSION], v->len[USAGE_SESSION]),
@@ -635,6 +683,7 @@ void tally_close(struct tally *t)
 	reader_put(t->reader);
 	queue_fini(&t->q);
 	pthread_mutex_destroy(&t->lock);
+	free(t->batch_buf);
 	free(t);
 }
 

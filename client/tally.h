@@ -117,6 +117,11 @@ struct tally_options {
 	 * at all (for a caller whose own tally_sync() already failed).
 	 */
 	int close_timeout_ms;
+	/*
+	 * Largest message sent to the daemon, in bytes; default 65536, at
+	 * least 1024. Keep it at or below tallyd's --max-message.
+	 */
+	size_t max_message;
 };
 
 /* Flags of tally_session_json_ex(). */
@@ -137,7 +142,7 @@ struct tally;
  * On success *out holds the handle, to be freed with tally_close().
  *
  * Errors:
- *  -EINVAL        out is NULL.
+ *  -EINVAL        out is NULL, or opts->max_message is below 1024.
  *  -ENAMETOOLONG  the directory's socket paths would not fit a Unix socket
  *                 address (107 bytes).
  *  -ENOENT        dir is NULL and no default could be found (no $HOME).
@@ -174,7 +179,10 @@ void tally_close(struct tally *t);
  *  -ERANGE   a count is larger than TALLY_TOKENS_MAX.
  *  -ENOBUFS  the queue of unconfirmed usages is full and stayed full for
  *            the record timeout: the daemon is not keeping up or not
- *            running. The usage was not recorded.
+ *            running. The usage was not recorded. Once a wait ended so,
+ *            later calls fail at once until the ledger shows progress.
+ *  -EMSGSIZE the usage alone would make a message larger than the
+ *            handle's max_message.
  *  -ENOMEM   out of memory. The usage was not recorded.
  */
 int tally_record(struct tally *t, const struct tally_usage *u);

@@ -126,15 +126,17 @@ static const struct {
 };
 
 #define NSTATS (sizeof(stat_fields) / sizeof(stat_fields[0]))
-#define NINFO 9
+#define NINFO 10
 
 static void fill_info(struct tallyd *d, Tally__Stat *st)
 {
 	struct ledger_info li;
 	const char *names[NINFO] = {
-		"map_size",    "ledger_bytes",	    "readers",
-		"max_readers", "oldest_reader_lag", "last_txnid",
-		"pending",     "sync_waiters",	    "uptime_ms",
+		"map_size",	     "ledger_bytes",
+		"readers",	     "max_readers",
+		"oldest_reader_lag", "last_txnid",
+		"pending",	     "sync_waiters",
+		"uptime_ms",	     "oldest_reader_age_ms",
 	};
 	uint64_t values[NINFO] = {0};
 
@@ -149,6 +151,7 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 	values[6] = d->fill->usages;
 	values[7] = d->nwaiters;
 	values[8] = now_ms() - d->start_ms;
+	values[9] = oldest_reader_age_ms(d);
 	for (int i = 0; i < NINFO; i++) {
 		st[i].name = (char *)names[i];
 		st[i].value = values[i];

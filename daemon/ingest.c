@@ -177,6 +177,7 @@ static bool batch_sane(const Tally__Batch *b)
 {
 	return b->producer.len == LEDGER_PRODUCER_ID_LEN && b->first_seq >= 1 &&
 	       b->n_usages >= 1 && b->n_usages <= BATCH_MAX_USAGES &&
+	       b->count == b->n_usages &&
 	       b->first_seq <= UINT64_MAX - b->n_usages;
 }
 

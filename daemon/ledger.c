@@ -363,6 +363,7 @@ int ledger_info(struct ledger *l, struct ledger_info *info)
 	info->readers = rs.count;
 	info->max_readers = ei.me_maxreaders;
 	info->last_txnid = ei.me_last_txnid;
+	info->oldest_reader_txnid = rs.oldest;
 	info->oldest_reader_lag = rs.count && ei.me_last_txnid > rs.oldest
 					  ? ei.me_last_txnid - rs.oldest
 					  : 0;

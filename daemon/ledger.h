@@ -39,6 +39,8 @@ struct ledger_info {
 	uint64_t last_txnid;
 	/* Transactions the oldest reader is behind; 0 with no reader. */
 	uint64_t oldest_reader_lag;
+	/* The snapshot the oldest reader holds; 0 with no reader. */
+	uint64_t oldest_reader_txnid;
 };
 
 /* What a commit did, for the daemon's counters. */

@@ -198,6 +198,8 @@ static int open_paths(struct tallyd *d)
 	if (rc < 0)
 		log_err("main", "cannot create %s: %s", d->paths.dir,
 			strerror(-rc));
+	if (rc == 0)
+		rc = runtime_check_fs(d->paths.dir);
 	return rc;
 }
 
@@ -251,6 +253,7 @@ static int start(struct tallyd *d)
 	rc = runtime_bind(d);
 	if (rc < 0)
 		return rc;
+	runtime_cloexec_all();
 	log_notice("main", "ready: tally %s serving %s (pid %ld, %s)",
 		   TALLY_VERSION_STRING, d->paths.dir, (long)getpid(),
 		   d->cfg.nosync ? "no fsync: --no-sync" : "durable commits");
@@ -267,6 +270,8 @@ int main(int argc, char **argv)
 	d.cfg.max_pending = DEFAULT_MAX_PENDING;
 	d.lock_fd = d.signal_fd = d.ingest = d.control = -1;
 	d.committer.event_fd = -1;
+	if (runtime_std_fds() < 0)
+		return 1;
 	rc = parse_args(&d.cfg, argc, argv);
 	if (rc >= 0)
 		return rc;

@@ -1,3 +1,4 @@
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -7,6 +8,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include <nanomsg/nn.h>
@@ -14,6 +16,87 @@
 #include <nanomsg/reqrep.h>
 
 #include "tallyd.h"
+
+/*
+ * A daemon started with 0, 1 or 2 closed would get them back from its
+ * first open(): the lock file or the ledger would then receive whatever
+ * is written to stdout or stderr. /dev/null takes them first.
+ */
+int runtime_std_fds(void)
+{
+	for (int fd = 0; fd <= 2; fd++) {
+		if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF)
+			continue;
+		if (open("/dev/null", O_RDWR) != fd)
+			return -EBADF;
+	}
+	return 0;
+}
+
+/*
+ * Libraries open descriptors of their own (LMDB's data file is not
+ * close-on-exec); marking all of them keeps any child of this process
+ * from holding the ledger or a socket open.
+ */
+void runtime_cloexec_all(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+
+	if (d == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		int fd = atoi(e->d_name);
+		int flags;
+
+		if (fd <= 2 || fd == dirfd(d))
+			continue;
+		flags = fcntl(fd, F_GETFD);
+		if (flags >= 0 && !(flags & FD_CLOEXEC))
+			fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+	}
+	closedir(d);
+}
+
+/* Filesystems whose locking LMDB cannot trust, by statfs() magic. */
+static const struct {
+	unsigned long magic;
+	const char *name;
+} remote_fs[] = {
+	{0x6969, "nfs"},	{0xff534d42, "cifs"}, {0xfe534d42, "smb2"},
+	{0x517b, "smb"},	{0x01021997, "9p"},   {0x65735546, "fuse"},
+	{0x5346414f, "afs"},	{0x00c36400, "ceph"}, {0x47504653, "gpfs"},
+	{0x0bd00bd0, "lustre"},
+};
+
+const char *runtime_remote_fs(unsigned long magic)
+{
+	for (size_t i = 0; i < sizeof(remote_fs) / sizeof(remote_fs[0]); i++)
+		if (remote_fs[i].magic == magic)
+			return remote_fs[i].name;
+	return NULL;
+}
+
+/*
+ * LMDB's locks live in a shared memory map and fcntl() locks: on a
+ * network filesystem they do not hold between hosts, and two writers
+ * would corrupt the ledger. Such a directory is refused at start.
+ */
+int runtime_check_fs(const char *dir)
+{
+	struct statfs st;
+	const char *name;
+
+	if (statfs(dir, &st) < 0)
+		return -errno;
+	name = runtime_remote_fs((unsigned long)st.f_type);
+	if (name == NULL)
+		return 0;
+	log_err("main",
+		"%s is on a network filesystem (%s, magic 0x%lx): LMDB's locking does not work there; use a local directory",
+		dir, name, (unsigned long)st.f_type);
+	return -EREMOTE;
+}
 
 /* Creates dir and its missing parents; the last one is 0750. */
 int runtime_prepare_dir(const char *dir)
@@ -115,6 +198,27 @@ static int restrict_socket(struct tallyd *d, const char *path, gid_t gid)
 	return 0;
 }
 
+/*
+ * The directory: 0750, so that the group may reach the sockets and read
+ * the ledger, and only the daemon's user may create or remove anything.
+ */
+static int restrict_dir(const char *dir, gid_t gid)
+{
+	struct stat st;
+
+	if (gid != (gid_t)-1 && chown(dir, (uid_t)-1, gid) < 0)
+		return -errno;
+	if (chmod(dir, 0750) < 0 || stat(dir, &st) < 0)
+		return -errno;
+	if ((st.st_mode & 0777) != 0750 ||
+	    (gid != (gid_t)-1 && st.st_gid != gid)) {
+		log_err("main", "%s has mode %o, group %u after chmod", dir,
+			(unsigned)(st.st_mode & 0777), (unsigned)st.st_gid);
+		return -EPERM;
+	}
+	return 0;
+}
+
 static int lookup_group(const char *name, gid_t *gid)
 {
 	struct group *g;
@@ -183,7 +287,8 @@ int runtime_bind(struct tallyd *d)
 		return rc;
 	}
 	if ((rc = restrict_socket(d, socket_path(d->paths.ingest_url), gid)) ||
-	    (rc = restrict_socket(d, socket_path(d->paths.control_url), gid))) {
+	    (rc = restrict_socket(d, socket_path(d->paths.control_url), gid)) ||
+	    (rc = restrict_dir(d->paths.dir, gid))) {
 		log_err("main", "cannot restrict sockets in %s: %s",
 			d->paths.dir, strerror(-rc));
 		runtime_unbind(d);

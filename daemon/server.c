@@ -64,6 +64,29 @@ static void handle_signal(struct tallyd *d)
 	}
 }
 
+/*
+ * LMDB tells which snapshot each reader holds, not since when; the daemon
+ * notes when a snapshot became the oldest one held, on its timer.
+ */
+static void track_readers(struct tallyd *d, uint64_t now)
+{
+	struct ledger_info li;
+
+	if (ledger_info(&d->ledger, &li) < 0)
+		return;
+	if (li.oldest_reader_txnid != d->oldest_reader_txnid) {
+		d->oldest_reader_txnid = li.oldest_reader_txnid;
+		d->oldest_reader_since_ms = now;
+	}
+}
+
+uint64_t oldest_reader_age_ms(struct tallyd *d)
+{
+	if (d->oldest_reader_txnid == 0)
+		return 0;
+	return now_ms() - d->oldest_reader_since_ms;
+}
+
 static void periodic(struct tallyd *d, uint64_t *next_check)
 {
 	uint64_t now = now_ms();
@@ -74,6 +97,7 @@ static void periodic(struct tallyd *d, uint64_t *next_check)
 		return;
 	*next_check = now + READER_CHECK_MS;
 	dead = ledger_reader_check(&d->ledger);
+	track_readers(d, now);
 	if (dead > 0) {
 		STAT_ADD(d, dead_readers, (uint64_t)dead);
 		log_info("ledger", "cleared %d reader slots of dead processes",

@@ -117,6 +117,9 @@ struct tallyd {
 	size_t nwaiters;
 	size_t waiters_cap;
 	uint64_t start_ms;
+	/* The oldest reader's snapshot, and since when it has been oldest. */
+	uint64_t oldest_reader_txnid;
+	uint64_t oldest_reader_since_ms;
 	struct log_limit bad_input;
 	volatile bool stopping;
 };
@@ -125,6 +128,11 @@ uint64_t now_ns(void);
 uint64_t now_ms(void);
 
 /* runtime.c: the directory, the lock file, the sockets' files. */
+int runtime_std_fds(void);
+void runtime_cloexec_all(void);
+int runtime_check_fs(const char *dir);
+/* The name of a network filesystem's statfs() magic; NULL for others. */
+const char *runtime_remote_fs(unsigned long magic);
 int runtime_prepare_dir(const char *dir);
 int runtime_lock(struct tallyd *d);
 void runtime_unlock(struct tallyd *d);
@@ -153,6 +161,7 @@ bool committer_reap(struct tallyd *d);
 bool committer_idle(struct tallyd *d);
 
 /* server.c: the main loop. */
+uint64_t oldest_reader_age_ms(struct tallyd *d);
 int server_run(struct tallyd *d);
 
 #endif

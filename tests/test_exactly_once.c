@@ -51,6 +51,7 @@ static void send_batch(int s, const uint8_t *producer, uint64_t first_seq,
 	b.first_seq = first_seq;
 	b.n_usages = n;
 	b.usages = us;
+	b.count = (uint32_t)n;
 	len = tally__batch__pack(&b, buf);
 	assert_int_equal(nn_send(s, buf, len, 0), (int)len);
 }
