@@ -27,7 +27,8 @@ int log_get_level(void)
 	return max_level;
 }
 
-static void vlog(int prio, const char *tag, const char *fmt, va_list ap)
+__attribute__((format(printf, 3, 0))) static void
+vlog(int prio, const char *tag, const char *fmt, va_list ap)
 {
 	char line[1024];
 	struct timespec ts;
