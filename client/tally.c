@@ -512,26 +512,28 @@ int tally_record_response(struct tally *t, const struct tally_usage *ids,
 	return tally_record(t, &u);
 }
 
+/* Largest control request: a purge naming many sessions. */
+#define CONTROL_MAX (60 * 1024)
+
 /* One request on the control socket; *reply is freed by the caller. */
 static int control_call(struct tally *t, const Tally__Request *req,
 			int timeout_ms, Tally__Reply **reply)
 {
-	uint8_t buf[256];
 	size_t len = tally__request__get_packed_size(req);
 	void *msg = NULL;
 	int n;
 
 	*reply = NULL;
-	if (len > sizeof(buf))
+	if (len > CONTROL_MAX || len > t->max_message + BATCH_HEADER_MAX)
 		return -EMSGSIZE;
 	if (ensure_sockets(t) < 0)
 		return -EAGAIN;
-	tally__request__pack(req, buf);
+	tally__request__pack(req, t->batch_buf);
 	nn_setsockopt(t->req, NN_SOL_SOCKET, NN_SNDTIMEO, &timeout_ms,
 		      sizeof(timeout_ms));
 	nn_setsockopt(t->req, NN_SOL_SOCKET, NN_RCVTIMEO, &timeout_ms,
 		      sizeof(timeout_ms));
-	if (nn_send(t->req, buf, len, 0) < 0)
+	if (nn_send(t->req, t->batch_buf, len, 0) < 0)
 		return -nn_errno();
 	n = nn_recv(t->req, &msg, NN_MSG, 0);
 	if (n < 0)
@@ -747,4 +749,103 @@ int tally_default_dir(char *buf, size_t len)
 		return -ENAMETOOLONG;
 	memcpy(buf, p.dir, n + 1);
 	return 0;
+}
+
+static int purge_request(Tally__PurgeRequest *pr, const char *const *ids,
+			 size_t n, ProtobufCBinaryData *bins)
+{
+	for (size_t i = 0; i < n; i++) {
+		size_t len = ids[i] != NULL ? strlen(ids[i]) : 0;
+
+		if (len == 0 || len > TALLY_ID_MAX)
+			return -EINVAL;
+		if (!utf8_valid(ids[i], len))
+			return -EINVAL;
+		bins[i].data = (uint8_t *)ids[i];
+		bins[i].len = len;
+	}
+	pr->n_session_ids = n;
+	pr->session_ids = bins;
+	return 0;
+}
+
+/* Asks until answered or out of time; the request id makes a resend safe. */
+static int purge_call(struct tally *t, const Tally__Request *req,
+		      int timeout_ms, uint64_t *purged)
+{
+	uint64_t deadline = tally_now_ms() + (uint64_t)timeout_ms;
+	Tally__Reply *reply = NULL;
+	int rc = -ETIMEDOUT, left;
+
+	while ((left = remaining_ms(deadline)) > 0) {
+		rc = control_call(t, req, left, &reply);
+		if (rc == 0)
+			break;
+		pause_ms(left < 10 ? left : 10);
+	}
+	if (rc < 0)
+		return rc == -EAGAIN ? -ETIMEDOUT : rc;
+	rc = reply->status;
+	if (rc == 0 && purged != NULL)
+		*purged = reply->purged;
+	tally__reply__free_unpacked(reply, NULL);
+	return rc;
+}
+
+int tally_purge(struct tally *t, const char *const *session_ids, size_t n,
+		uint64_t idle_for_ms, int timeout_ms, uint64_t *purged)
+{
+	Tally__Request req = TALLY__REQUEST__INIT;
+	Tally__PurgeRequest pr = TALLY__PURGE_REQUEST__INIT;
+	uint8_t id[16];
+	ProtobufCBinaryData *bins;
+	int rc;
+
+	if (t == NULL || (n > 0 && session_ids == NULL) || timeout_ms < 0 ||
+	    (n == 0 && idle_for_ms == 0))
+		return -EINVAL;
+	bins = calloc(n + 1, sizeof(*bins));
+	if (bins == NULL)
+		return -ENOMEM;
+	rc = purge_request(&pr, session_ids, n, bins);
+	if (rc == 0 && getrandom(id, sizeof(id), 0) != sizeof(id))
+		rc = -EIO;
+	if (rc == 0) {
+		pr.has_request_id = pr.has_idle_for_ms = 1;
+		pr.request_id.data = id;
+		pr.request_id.len = sizeof(id);
+		pr.idle_for_ms = idle_for_ms;
+		req.op_case = TALLY__REQUEST__OP_PURGE;
+		req.purge = &pr;
+		if ((rc = tally_enter_locked(t)) == 0) {
+			rc = purge_call(t, &req, timeout_ms, purged);
+			pthread_mutex_unlock(&t->lock);
+		}
+	}
+	free(bins);
+	return rc;
+}
+
+int tally_metrics_text(struct tally *t, int timeout_ms, char **text)
+{
+	Tally__Request req = TALLY__REQUEST__INIT;
+	Tally__Reply *reply;
+	int rc;
+
+	if (t == NULL || text == NULL || timeout_ms < 0)
+		return -EINVAL;
+	*text = NULL;
+	req.op_case = TALLY__REQUEST__OP_METRICS;
+	req.metrics = 1;
+	if ((rc = tally_enter_locked(t)) < 0)
+		return rc;
+	rc = control_call(t, &req, timeout_ms, &reply);
+	pthread_mutex_unlock(&t->lock);
+	if (rc < 0)
+		return rc == -EAGAIN ? -ETIMEDOUT : rc;
+	rc = reply->status;
+	if (rc == 0 && (*text = strdup(reply->text ? reply->text : "")) == NULL)
+		rc = -ENOMEM;
+	tally__reply__free_unpacked(reply, NULL);
+	return rc;
 }

@@ -322,6 +322,32 @@ int tally_sessions_json(struct tally *t, char **json);
  */
 int tally_stats_json(struct tally *t, int timeout_ms, char **json);
 
+/*
+ * tally_purge() - delete sessions from the ledger, through the daemon.
+ *
+ * Deletes the n sessions named in session_ids (with every usage of them
+ * received before the request), and, when idle_for_ms is not 0, sessions
+ * idle for longer than that (at most 10,000 a call: call again while
+ * *purged says 10,000). Waits up to timeout_ms for the daemon's commit.
+ * The request carries a random id and is resent with it after a lost
+ * answer, so it is never applied twice. *purged, if not NULL, receives
+ * how many sessions were found to delete.
+ *
+ * Errors:
+ *  -EINVAL     an argument is NULL, a session id is empty, too long or
+ *              not UTF-8, or there is nothing to purge (n 0, no idle_for).
+ *  -ETIMEDOUT  no answer in time; the purge may still be applied later.
+ *  -EBADMSG    the answer did not decode.
+ */
+int tally_purge(struct tally *t, const char *const *session_ids, size_t n,
+		uint64_t idle_for_ms, int timeout_ms, uint64_t *purged);
+
+/*
+ * tally_metrics_text() - the daemon's metrics in Prometheus' text format.
+ * The caller frees *text with free(). Errors as tally_stats_json().
+ */
+int tally_metrics_text(struct tally *t, int timeout_ms, char **text);
+
 /* --- Streamed responses (see tally_record_response) --- */
 
 /*
@@ -473,8 +499,8 @@ struct tally_estimator {
 	const char *name;
 	/* True for an OpenAI encoding: the count is exact. */
 	bool exact;
-	/* A family's characters per token; 0 when exact. */
-	double chars_per_token;
+	/* A family's bytes of UTF-8 per token; 0 when exact. */
+	double bytes_per_token;
 };
 
 /*

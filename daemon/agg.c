@@ -161,6 +161,9 @@ void agg_fini(struct agg *a)
 	table_fini(&a->entries);
 	table_fini(&a->sessions);
 	table_fini(&a->producers);
+	table_fini(&a->purges);
+	table_fini(&a->requests);
+	table_fini(&a->expired);
 	for (c = a->chunks; c != NULL; c = next) {
 		next = c->next;
 		free(c);
@@ -173,9 +176,13 @@ void agg_reset(struct agg *a)
 	table_clear(&a->entries);
 	table_clear(&a->sessions);
 	table_clear(&a->producers);
+	table_clear(&a->purges);
+	table_clear(&a->requests);
+	table_clear(&a->expired);
 	for (struct agg_chunk *c = a->chunks; c != NULL; c = c->next)
 		c->used = 0;
 	a->usages = 0;
+	a->purge_seq = 0;
 }
 
 static struct agg_item *find_or_add(struct agg *a, struct agg_table *t,
@@ -268,4 +275,53 @@ int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq)
 		return -ENOMEM;
 	ap->seq = seq;
 	return 0;
+}
+
+/* Drops what a holds of one session: an operator's purge comes after it. */
+static void drop_session(struct agg *a, const char *session, size_t len)
+{
+	struct agg_entry *ae;
+	struct agg_session *as;
+
+	agg_foreach(a, entries, struct agg_entry, ae)
+	{
+		if (ae->session_len == len &&
+		    memcmp(ae->item.key, session, len) == 0)
+			memset(&ae->e.c, 0, sizeof(ae->e.c));
+	}
+	as = (struct agg_session *)table_find(
+		&a->sessions, hash_bytes(session, len), session, len);
+	if (as != NULL)
+		memset(&as->s, 0, sizeof(as->s));
+}
+
+int agg_purge(struct agg *a, const char *session, size_t len,
+	      uint64_t idle_before_ns)
+{
+	bool queued = agg_has(&a->purges, session, len);
+	struct agg_purge *ap;
+
+	if (idle_before_ns == 0)
+		drop_session(a, session, len);
+	ap = (struct agg_purge *)find_or_add(a, &a->purges, session, len,
+					     sizeof(*ap));
+	if (ap == NULL)
+		return -ENOMEM;
+	/* An operator's purge wins over an expiry of the same session. */
+	if (!queued || idle_before_ns == 0)
+		ap->idle_before_ns = idle_before_ns;
+	return 0;
+}
+
+int agg_remember(struct agg *a, struct agg_table *t, const uint8_t *id)
+{
+	return find_or_add(a, t, (const char *)id, LEDGER_PRODUCER_ID_LEN,
+			   sizeof(struct agg_item)) != NULL
+		       ? 0
+		       : -ENOMEM;
+}
+
+bool agg_has(struct agg_table *t, const char *key, size_t len)
+{
+	return table_find(t, hash_bytes(key, len), key, len) != NULL;
 }

@@ -10,6 +10,7 @@
 #ifndef TALLYD_AGG_H
 #define TALLYD_AGG_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,14 +49,31 @@ struct agg_producer {
 	uint64_t seq;
 };
 
+/*
+ * A session to delete. An operator's purge (idle_before_ns 0) deletes what
+ * was received before it, so it runs before the entries of its aggregate;
+ * an expiry deletes only a session still idle once the entries are in, so
+ * a usage that arrived meanwhile keeps its session alive.
+ */
+struct agg_purge {
+	struct agg_item item;
+	uint64_t idle_before_ns;
+};
+
 struct agg_chunk;
 
 struct agg {
 	struct agg_table entries;
 	struct agg_table sessions;
 	struct agg_table producers;
+	struct agg_table purges;
+	/* Purge request ids to remember, and producer records to expire. */
+	struct agg_table requests;
+	struct agg_table expired;
 	struct agg_chunk *chunks;
 	size_t usages;
+	/* The newest purge request this aggregate carries. */
+	uint64_t purge_seq;
 };
 
 void agg_init(struct agg *a);
@@ -72,6 +90,17 @@ int agg_add(struct agg *a, const struct usage_view *v, uint64_t now_ns);
 
 /* Records that producer id has everything up to seq in this aggregate. */
 int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq);
+
+/*
+ * Queues the deletion of a session. With idle_before_ns 0 (an operator's
+ * purge) the usages of the session already in a are dropped too.
+ */
+int agg_purge(struct agg *a, const char *session, size_t len,
+	      uint64_t idle_before_ns);
+/* Queues a purge request id to be remembered, or a producer to expire. */
+int agg_remember(struct agg *a, struct agg_table *t, const uint8_t *id);
+/* Whether a session (or a request id) is queued in a table of a. */
+bool agg_has(struct agg_table *t, const char *key, size_t len);
 
 #define agg_foreach(a, table, type, var)                                      \
 	for (size_t agg_i_ = 0; agg_i_ < (a)->table.count &&                  \

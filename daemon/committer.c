@@ -45,6 +45,8 @@ static void note_commit(struct tallyd *d, struct agg *a, uint64_t ns,
 	if (ns > STAT_GET(d, commit_ns_max))
 		STAT_SET(d, commit_ns_max, ns);
 	STAT_ADD(d, overflows, st->overflows);
+	STAT_ADD(d, purged_sessions, st->purged_sessions);
+	STAT_ADD(d, expired_producers, st->expired_producers);
 	STAT_ADD(d, map_grows, st->map_grows);
 	STAT_ADD(d, dead_readers, st->dead_readers);
 }
@@ -168,7 +170,9 @@ void committer_kick(struct tallyd *d)
 {
 	struct committer *c = &d->committer;
 
-	if (c->busy != NULL || d->fill->producers.count == 0)
+	if (c->busy != NULL ||
+	    (d->fill->producers.count == 0 && d->fill->purges.count == 0 &&
+	     d->fill->requests.count == 0 && d->fill->expired.count == 0))
 		return;
 	pthread_mutex_lock(&c->lock);
 	c->busy = d->fill;
@@ -182,6 +186,20 @@ void committer_kick(struct tallyd *d)
 static void mark_committed(struct tallyd *d, struct agg *a)
 {
 	struct agg_producer *ap;
+	struct agg_item *it;
+
+	if (a->purge_seq > d->purge_committed)
+		d->purge_committed = a->purge_seq;
+	agg_foreach(a, expired, struct agg_item, it)
+	{
+		struct producer *p = producer_find(d, (const uint8_t *)it->key);
+
+		/* Forgotten only if it has not sent since it was found idle. */
+		if (p == NULL ||
+		    (p->last_ms == 0 && p->accepted == p->committed &&
+		     !agg_has(&a->producers, it->key, LEDGER_PRODUCER_ID_LEN)))
+			producer_forget(d, (const uint8_t *)it->key);
+	}
 
 	agg_foreach(a, producers, struct agg_producer, ap)
 	{

@@ -80,8 +80,113 @@ static int add_waiter(struct tallyd *d, void *header, struct producer *p,
 		d->waiters = w;
 		d->waiters_cap = cap;
 	}
-	d->waiters[d->nwaiters++] = (struct waiter){header, p, seq, deadline};
+	d->waiters[d->nwaiters++] =
+		(struct waiter){header, p, seq, deadline, 0};
 	return 0;
+}
+
+/* Longest a purge request waits for its commit before it is answered. */
+#define PURGE_WAIT_MS 30000
+/* Most idle sessions one purge request deletes; the tool asks again. */
+#define PURGE_IDLE_MAX 10000
+
+static void reply_purged(struct tallyd *d, void *header, int status,
+			 uint64_t purged)
+{
+	Tally__Reply r = TALLY__REPLY__INIT;
+
+	r.status = status;
+	r.has_purged = 1;
+	r.purged = purged;
+	send_reply(d, header, &r);
+}
+
+static bool session_known(struct tallyd *d, const ProtobufCBinaryData *id)
+{
+	struct agg *busy = d->committer.busy;
+
+	return ledger_has(&d->ledger, d->ledger.sessions, id->data, id->len) ==
+		       1 ||
+	       agg_has(&d->fill->sessions, (const char *)id->data, id->len) ||
+	       (busy != NULL &&
+		agg_has(&busy->sessions, (const char *)id->data, id->len));
+}
+
+/* 1 when the request was seen before: queued, or already committed. */
+static int seen_request(struct tallyd *d, const ProtobufCBinaryData *id)
+{
+	char key[6 + LEDGER_PRODUCER_ID_LEN] = "purge:";
+	struct agg *busy = d->committer.busy;
+
+	if (agg_has(&d->fill->requests, (const char *)id->data, id->len) ||
+	    (busy != NULL &&
+	     agg_has(&busy->requests, (const char *)id->data, id->len)))
+		return 1;
+	memcpy(key + 6, id->data, LEDGER_PRODUCER_ID_LEN);
+	return ledger_has(&d->ledger, d->ledger.meta, key, sizeof(key));
+}
+
+static int queue_named(struct tallyd *d, const Tally__PurgeRequest *pr,
+		       uint64_t *purged)
+{
+	for (size_t i = 0; i < pr->n_session_ids; i++) {
+		ProtobufCBinaryData *id = &pr->session_ids[i];
+
+		if (id->len == 0 || id->len > TALLY_ID_MAX ||
+		    !utf8_valid((const char *)id->data, id->len))
+			return -EINVAL;
+	}
+	for (size_t i = 0; i < pr->n_session_ids; i++) {
+		ProtobufCBinaryData *id = &pr->session_ids[i];
+
+		*purged += session_known(d, id);
+		if (agg_purge(d->fill, (const char *)id->data, id->len, 0) < 0)
+			return -ENOMEM;
+	}
+	return 0;
+}
+
+/*
+ * Deletes through the committer, the only writer: the sessions named are
+ * dropped with what was received of them before the request; sessions
+ * idle for idle_for_ms go only if still idle at the commit. Answered once
+ * that commit is done.
+ */
+static void handle_purge(struct tallyd *d, void *header,
+			 const Tally__PurgeRequest *pr)
+{
+	char cursor[LEDGER_KEY_MAX];
+	size_t cursor_len = 0;
+	uint64_t purged = 0;
+	int rc;
+
+	STAT_ADD(d, purge_requests, 1);
+	if (pr->has_request_id &&
+	    pr->request_id.len != LEDGER_PRODUCER_ID_LEN) {
+		reply_purged(d, header, -EINVAL, 0);
+		return;
+	}
+	if (pr->has_request_id && (rc = seen_request(d, &pr->request_id))) {
+		reply_purged(d, header, rc < 0 ? rc : 0, 0);
+		return;
+	}
+	if ((rc = queue_named(d, pr, &purged)) < 0) {
+		reply_purged(d, header, rc, 0);
+		return;
+	}
+	if (pr->has_idle_for_ms && pr->idle_for_ms > 0)
+		purged += retention_queue_idle(
+			d, now_ns() - pr->idle_for_ms * 1000000u, cursor,
+			&cursor_len, PURGE_IDLE_MAX);
+	if (pr->has_request_id &&
+	    agg_remember(d->fill, &d->fill->requests, pr->request_id.data) < 0)
+		log_err("control", "out of memory remembering a purge request");
+	d->fill->purge_seq = ++d->purge_seq;
+	if (add_waiter(d, header, NULL, d->purge_seq,
+		       now_ms() + PURGE_WAIT_MS) < 0)
+		reply_purged(d, header, -ENOMEM, 0);
+	else
+		d->waiters[d->nwaiters - 1].purged = purged;
 }
 
 static void handle_sync(struct tallyd *d, void *header,
@@ -121,7 +226,8 @@ static const struct {
 	F(commit_failures),    F(commit_ns_last),     F(commit_ns_max),
 	F(commit_ns_total),    F(map_grows),	      F(dead_readers),
 	F(sync_requests),      F(control_requests),   F(control_malformed),
-	F(producers),
+	F(producers),	       F(purge_requests),     F(purged_sessions),
+	F(expired_producers),
 #undef F
 };
 
@@ -191,6 +297,16 @@ static void handle_ping(struct tallyd *d, void *header)
 	send_reply(d, header, &r);
 }
 
+static void handle_metrics(struct tallyd *d, void *header)
+{
+	Tally__Reply r = TALLY__REPLY__INIT;
+
+	r.text = metrics_text(d);
+	r.status = r.text != NULL ? 0 : -ENOMEM;
+	send_reply(d, header, &r);
+	free(r.text);
+}
+
 static void handle_request(struct tallyd *d, void *header, const void *buf,
 			   size_t len)
 {
@@ -213,6 +329,12 @@ static void handle_request(struct tallyd *d, void *header, const void *buf,
 		break;
 	case TALLY__REQUEST__OP_PING:
 		handle_ping(d, header);
+		break;
+	case TALLY__REQUEST__OP_PURGE:
+		handle_purge(d, header, req->purge);
+		break;
+	case TALLY__REQUEST__OP_METRICS:
+		handle_metrics(d, header);
 		break;
 	default:
 		reply_status(d, header, -EOPNOTSUPP);
@@ -274,7 +396,12 @@ void control_answer_waiters(struct tallyd *d, bool all)
 	for (size_t i = 0; i < d->nwaiters; i++) {
 		struct waiter *w = &d->waiters[i];
 
-		if (all || w->p->committed >= w->seq || now >= w->deadline_ms)
+		if (w->p == NULL && d->purge_committed >= w->seq)
+			reply_purged(d, w->header, 0, w->purged);
+		else if (w->p == NULL && (all || now >= w->deadline_ms))
+			reply_purged(d, w->header, -ETIMEDOUT, 0);
+		else if (w->p != NULL && (all || w->p->committed >= w->seq ||
+					  now >= w->deadline_ms))
 			reply_sync(d, w->header, w->p);
 		else
 			d->waiters[kept++] = *w;

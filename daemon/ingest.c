@@ -142,19 +142,59 @@ void producers_fini(struct producer_map *m)
  * Nothing of an unknown producer can be in flight to the ledger, so what
  * the ledger says is all that was applied.
  */
+/* The slot of id, or of the empty slot where it would go. */
+static size_t producer_slot(const struct producer_map *m, const uint8_t *id)
+{
+	size_t i = hash_id(id) & (m->cap - 1);
+
+	while (m->slots[i] != NULL &&
+	       memcmp(m->slots[i]->id, id, LEDGER_PRODUCER_ID_LEN) != 0)
+		i = (i + 1) & (m->cap - 1);
+	return i;
+}
+
+struct producer *producer_find(struct tallyd *d, const uint8_t *id)
+{
+	struct producer_map *m = &d->producers;
+
+	return m->cap == 0 ? NULL : m->slots[producer_slot(m, id)];
+}
+
+void producer_forget(struct tallyd *d, const uint8_t *id)
+{
+	struct producer_map *m = &d->producers;
+	struct producer *p = producer_find(d, id);
+	size_t i, j;
+
+	if (p == NULL)
+		return;
+	/* A waiting sync request points at it: it is not gone after all. */
+	for (size_t w = 0; w < d->nwaiters; w++)
+		if (d->waiters[w].p == p)
+			return;
+	i = producer_slot(m, id);
+	m->slots[i] = NULL;
+	free(p);
+	m->count--;
+	/* Linear probing: the rest of the cluster goes where it now fits. */
+	for (j = (i + 1) & (m->cap - 1); m->slots[j] != NULL;
+	     j = (j + 1) & (m->cap - 1)) {
+		p = m->slots[j];
+		m->slots[j] = NULL;
+		m->slots[producer_slot(m, p->id)] = p;
+	}
+	STAT_SET(d, producers, m->count);
+}
+
 struct producer *producer_get(struct tallyd *d, const uint8_t *id)
 {
 	struct producer_map *m = &d->producers;
-	struct producer *p;
-	size_t i = 0;
+	struct producer *p = producer_find(d, id);
+	size_t i;
 	uint64_t seq;
 
-	if (m->cap != 0) {
-		for (i = hash_id(id) & (m->cap - 1); (p = m->slots[i]) != NULL;
-		     i = (i + 1) & (m->cap - 1))
-			if (memcmp(p->id, id, LEDGER_PRODUCER_ID_LEN) == 0)
-				return p;
-	}
+	if (p != NULL)
+		return p;
 	if (ledger_producer_seq(&d->ledger, id, &seq) < 0)
 		return NULL;
 	if ((m->count + 1) * 2 > m->cap && producers_grow(m) < 0)
@@ -164,9 +204,7 @@ struct producer *producer_get(struct tallyd *d, const uint8_t *id)
 		return NULL;
 	memcpy(p->id, id, LEDGER_PRODUCER_ID_LEN);
 	p->accepted = p->committed = seq;
-	for (i = hash_id(id) & (m->cap - 1); m->slots[i] != NULL;
-	     i = (i + 1) & (m->cap - 1))
-		;
+	i = producer_slot(m, id);
 	m->slots[i] = p;
 	m->count++;
 	STAT_SET(d, producers, m->count);
@@ -217,10 +255,12 @@ static void apply_batch(struct tallyd *d, struct producer *p,
 				    seq);
 			break;
 		}
-		if (rc < 0)
+		if (rc < 0) {
 			bad_usage(d, p, seq, rc);
-		else
+		} else {
 			STAT_ADD(d, usages_accepted, 1);
+			metrics_count(d, &v);
+		}
 		p->accepted = seq;
 	}
 	if (agg_set_producer(d->fill, p->id, p->accepted) < 0)

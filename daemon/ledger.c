@@ -246,6 +246,123 @@ static int put_producer(struct ledger *l, MDB_txn *txn, struct agg_producer *ap,
 	return mdb_put(txn, l->producers, &key, &val, 0);
 }
 
+/* Deletes a session's entries (keys "session\0...") and its record. */
+static int delete_session(struct ledger *l, MDB_txn *txn, const char *sid,
+			  size_t len, struct ledger_commit_stats *st)
+{
+	char prefix[LEDGER_KEY_MAX];
+	MDB_val key = {len + 1, prefix}, val;
+	MDB_cursor *cur;
+	int rc;
+
+	memcpy(prefix, sid, len);
+	prefix[len] = '\0';
+	rc = mdb_cursor_open(txn, l->usage, &cur);
+	if (rc != 0)
+		return rc;
+	/* Each round seeks afresh: a cursor's position after a delete is
+	 * a corner of LMDB better not leaned on. */
+	for (;;) {
+		key.mv_size = len + 1;
+		key.mv_data = prefix;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+		if (rc != 0 || key.mv_size <= len ||
+		    memcmp(key.mv_data, prefix, len + 1) != 0)
+			break;
+		if ((rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+	}
+	mdb_cursor_close(cur);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	key.mv_size = len;
+	key.mv_data = prefix;
+	rc = mdb_del(txn, l->sessions, &key, NULL);
+	if (rc == 0)
+		st->purged_sessions++;
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+/* An expiry deletes a session only if it is still idle. */
+static int expire_session(struct ledger *l, MDB_txn *txn,
+			  const struct agg_purge *ap,
+			  struct ledger_commit_stats *st)
+{
+	MDB_val key = {ap->item.key_len, (void *)ap->item.key}, val;
+	struct ledger_session s;
+	int rc;
+
+	rc = mdb_get(txn, l->sessions, &key, &val);
+	if (rc == MDB_NOTFOUND)
+		return 0;
+	if (rc != 0)
+		return rc;
+	if (ledger_session_decode(&val, &s) < 0 ||
+	    s.last_ns >= ap->idle_before_ns)
+		return 0;
+	return delete_session(l, txn, ap->item.key, ap->item.key_len, st);
+}
+
+static int apply_purges(struct ledger *l, MDB_txn *txn, struct agg *a,
+			bool expiries, struct ledger_commit_stats *st)
+{
+	struct agg_purge *ap;
+	int rc = 0;
+
+	agg_foreach(a, purges, struct agg_purge, ap)
+	{
+		if ((ap->idle_before_ns != 0) != expiries)
+			continue;
+		rc = expiries ? expire_session(l, txn, ap, st)
+			      : delete_session(l, txn, ap->item.key,
+					       ap->item.key_len, st);
+		if (rc != 0)
+			break;
+	}
+	return rc;
+}
+
+/* Purge request ids, so that a repeated request is not applied twice. */
+static int put_requests(struct ledger *l, MDB_txn *txn, struct agg *a,
+			uint64_t now_ns)
+{
+	struct agg_item *it;
+	char name[8 + LEDGER_PRODUCER_ID_LEN] = "purge:";
+	MDB_val key = {sizeof(name) - 2, name}, val = {8, &now_ns};
+	int rc = 0;
+
+	agg_foreach(a, requests, struct agg_item, it)
+	{
+		memcpy(name + 6, it->key, LEDGER_PRODUCER_ID_LEN);
+		if ((rc = mdb_put(txn, l->meta, &key, &val, 0)) != 0)
+			break;
+	}
+	return rc;
+}
+
+static int expire_producers(struct ledger *l, MDB_txn *txn, struct agg *a,
+			    struct ledger_commit_stats *st)
+{
+	struct agg_item *it;
+	int rc = 0;
+
+	agg_foreach(a, expired, struct agg_item, it)
+	{
+		MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)it->key};
+
+		/* It sent again since it was found idle: it stays. */
+		if (agg_has(&a->producers, it->key, LEDGER_PRODUCER_ID_LEN))
+			continue;
+		rc = mdb_del(txn, l->producers, &key, NULL);
+		if (rc == 0)
+			st->expired_producers++;
+		else if (rc != MDB_NOTFOUND)
+			break;
+		rc = 0;
+	}
+	return rc;
+}
+
 static int write_agg(struct ledger *l, struct agg *a, uint64_t now_ns,
 		     struct ledger_commit_stats *st)
 {
@@ -258,6 +375,8 @@ static int write_agg(struct ledger *l, struct agg *a, uint64_t now_ns,
 	rc = mdb_txn_begin(l->env, NULL, 0, &txn);
 	if (rc != 0)
 		return rc;
+	if ((rc = apply_purges(l, txn, a, false, st)))
+		goto fail;
 	agg_foreach(a, entries, struct agg_entry, ae)
 	{
 		if (ae->e.c.calls != 0 && (rc = put_entry(l, txn, ae, st)))
@@ -273,6 +392,10 @@ static int write_agg(struct ledger *l, struct agg *a, uint64_t now_ns,
 		if ((rc = put_producer(l, txn, ap, now_ns)))
 			goto fail;
 	}
+	if ((rc = apply_purges(l, txn, a, true, st)) ||
+	    (rc = put_requests(l, txn, a, now_ns)) ||
+	    (rc = expire_producers(l, txn, a, st)))
+		goto fail;
 	return mdb_txn_commit(txn);
 fail:
 	mdb_txn_abort(txn);
@@ -318,6 +441,56 @@ int ledger_commit(struct ledger *l, struct agg *a, uint64_t now_ns,
 			return rc;
 	}
 	return -ENOSPC;
+}
+
+int ledger_has(struct ledger *l, MDB_dbi dbi, const void *key, size_t len)
+{
+	MDB_val k = {len, (void *)key}, v;
+	MDB_txn *txn;
+	int rc;
+
+	rc = read_begin(l, &txn);
+	if (rc < 0)
+		return rc;
+	rc = mdb_get(txn, dbi, &k, &v);
+	read_end(l, txn);
+	return rc == 0 ? 1 : rc == MDB_NOTFOUND ? 0 : ledger_errno(rc);
+}
+
+int ledger_scan(struct ledger *l, MDB_dbi dbi, char *cursor, size_t *cursor_len,
+		size_t max, ledger_scan_fn fn, void *ctx)
+{
+	MDB_val key = {*cursor_len, cursor}, val;
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	size_t n = 0;
+	int rc;
+
+	if ((rc = read_begin(l, &txn)) < 0)
+		return rc;
+	if ((rc = mdb_cursor_open(txn, dbi, &cur)) != 0) {
+		read_end(l, txn);
+		return ledger_errno(rc);
+	}
+	rc = *cursor_len == 0 ? mdb_cursor_get(cur, &key, &val, MDB_FIRST)
+			      : mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+	/* SET_RANGE lands on the last key seen if it is still there. */
+	if (rc == 0 && *cursor_len != 0 && key.mv_size == *cursor_len &&
+	    memcmp(key.mv_data, cursor, *cursor_len) == 0)
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	*cursor_len = 0;
+	for (; rc == 0 && n < max; n++) {
+		memcpy(cursor, key.mv_data, key.mv_size);
+		*cursor_len = key.mv_size;
+		if (fn(&key, &val, ctx) != 0)
+			break;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	if (rc == MDB_NOTFOUND)
+		*cursor_len = 0;
+	mdb_cursor_close(cur);
+	read_end(l, txn);
+	return rc == 0 || rc == MDB_NOTFOUND ? 0 : ledger_errno(rc);
 }
 
 int ledger_reader_check(struct ledger *l)

@@ -45,6 +45,8 @@ struct ledger_info {
 
 /* What a commit did, for the daemon's counters. */
 struct ledger_commit_stats {
+	uint64_t purged_sessions;
+	uint64_t expired_producers;
 	uint64_t overflows;
 	uint64_t map_grows;
 	uint64_t dead_readers;
@@ -71,6 +73,21 @@ int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq);
  */
 int ledger_commit(struct ledger *l, struct agg *a, uint64_t now_ns,
 		  struct ledger_commit_stats *st);
+
+/*
+ * ledger_scan() - calls fn for up to max records of a database (sessions
+ * or producers) from the first key after *cursor (all from the start when
+ * cursor_len is 0), and leaves in cursor the last key seen, or length 0
+ * once the end was reached. For a bounded amount of work per call.
+ * fn returns nonzero to stop early.
+ */
+typedef int (*ledger_scan_fn)(const MDB_val *key, const MDB_val *val,
+			      void *ctx);
+int ledger_scan(struct ledger *l, MDB_dbi dbi, char *cursor, size_t *cursor_len,
+		size_t max, ledger_scan_fn fn, void *ctx);
+
+/* Whether a key is in a database: 1, 0, or a negative errno. */
+int ledger_has(struct ledger *l, MDB_dbi dbi, const void *key, size_t len);
 
 /* Clears reader slots of dead processes; returns how many, or -errno. */
 int ledger_reader_check(struct ledger *l);

@@ -36,6 +36,10 @@ static const char usage_text[] =
 	"      --map-size BYTES   starting map size; K, M, G suffixes (64M);\n"
 	"                         the map grows by itself when it fills\n"
 	"      --max-message BYTES  largest batch accepted (1M)\n"
+	"      --session-ttl DURATION  delete sessions idle longer (7d); 0: never\n"
+	"      --producer-ttl DURATION forget clients idle longer (30d); 0: never\n"
+	"      --metrics-file PATH     write Prometheus text there every 5 s\n"
+	"                         (DURATION: a number with ms, s, m, h or d)\n"
 	"      --no-sync          do not fsync each commit: faster, but a power\n"
 	"                         loss may lose the last commits (not a crash)\n"
 	"  -v, --verbose          log more (repeatable)\n"
@@ -47,7 +51,14 @@ static const char usage_text[] =
 	"Exit status: 0 on a clean stop, 1 on a failure to start or run,\n"
 	"2 on a usage error.\n";
 
-enum { OPT_MAP_SIZE = 256, OPT_MAX_MESSAGE, OPT_NO_SYNC };
+enum {
+	OPT_MAP_SIZE = 256,
+	OPT_MAX_MESSAGE,
+	OPT_NO_SYNC,
+	OPT_SESSION_TTL,
+	OPT_PRODUCER_TTL,
+	OPT_METRICS_FILE,
+};
 
 static const struct option options[] = {
 	{"dir", required_argument, NULL, 'd'},
@@ -55,6 +66,9 @@ static const struct option options[] = {
 	{"map-size", required_argument, NULL, OPT_MAP_SIZE},
 	{"max-message", required_argument, NULL, OPT_MAX_MESSAGE},
 	{"no-sync", no_argument, NULL, OPT_NO_SYNC},
+	{"session-ttl", required_argument, NULL, OPT_SESSION_TTL},
+	{"producer-ttl", required_argument, NULL, OPT_PRODUCER_TTL},
+	{"metrics-file", required_argument, NULL, OPT_METRICS_FILE},
 	{"verbose", no_argument, NULL, 'v'},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
@@ -97,9 +111,56 @@ static size_t parse_size(const char *s)
 	return (size_t)(v << shift);
 }
 
+/* Parses "7d", "90s", "500ms"; UINT64_MAX for anything malformed. */
+static uint64_t parse_duration(const char *s)
+{
+	static const struct {
+		const char *unit;
+		uint64_t ms;
+	} units[] = {{"ms", 1},	     {"s", 1000},     {"m", 60000},
+		     {"h", 3600000}, {"d", 86400000}, {"", 1000}};
+	unsigned long long v;
+	char *end;
+
+	if (s[0] < '0' || s[0] > '9')
+		return UINT64_MAX;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	for (size_t i = 0; errno == 0 && i < sizeof(units) / sizeof(units[0]);
+	     i++)
+		if (strcmp(end, units[i].unit) == 0 &&
+		    v <= UINT64_MAX / 1000000 / units[i].ms)
+			return v * units[i].ms;
+	return UINT64_MAX;
+}
+
+/* The options that take a value; 2 (a usage error) or -1 (go on). */
+static int parse_value(struct tallyd_config *cfg, int c, const char *arg)
+{
+	uint64_t *ttl = c == OPT_SESSION_TTL ? &cfg->session_ttl_ms
+					     : &cfg->producer_ttl_ms;
+
+	switch (c) {
+	case OPT_SESSION_TTL:
+	case OPT_PRODUCER_TTL:
+		*ttl = parse_duration(arg);
+		if (*ttl != UINT64_MAX)
+			return -1;
+		fprintf(stderr,
+			"tallyd: a duration is a number with ms, s, m, h or d "
+			"(7d, 90s), not '%s'\n",
+			arg);
+		return 2;
+	case OPT_METRICS_FILE:
+		cfg->metrics_file = arg;
+		return -1;
+	}
+	return 2;
+}
+
 static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 {
-	int level = LOG_NOTICE, c;
+	int level = LOG_NOTICE, c, rc;
 
 	while ((c = getopt_long(argc, argv, "d:g:vqhV", options, NULL)) != -1) {
 		switch (c) {
@@ -117,6 +178,12 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 			break;
 		case OPT_NO_SYNC:
 			cfg->nosync = true;
+			break;
+		case OPT_SESSION_TTL:
+		case OPT_PRODUCER_TTL:
+		case OPT_METRICS_FILE:
+			if ((rc = parse_value(cfg, c, optarg)) >= 0)
+				return rc;
 			break;
 		case OPT_MAP_SIZE:
 			cfg->map_size = parse_size(optarg);
@@ -268,6 +335,8 @@ int main(int argc, char **argv)
 	d.cfg.map_size = DEFAULT_MAP_SIZE;
 	d.cfg.max_message = DEFAULT_MAX_MESSAGE;
 	d.cfg.max_pending = DEFAULT_MAX_PENDING;
+	d.cfg.session_ttl_ms = 7 * 86400000ull;
+	d.cfg.producer_ttl_ms = 30 * 86400000ull;
 	d.lock_fd = d.signal_fd = d.ingest = d.control = -1;
 	d.committer.event_fd = -1;
 	if (runtime_std_fds() < 0)

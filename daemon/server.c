@@ -14,6 +14,10 @@
 #define DRAIN_BATCH 4096
 /* Dead readers pin pages; look for them this often. */
 #define READER_CHECK_MS 1000
+/* How often the metrics file is written. */
+#define METRICS_MS 5000
+/* How often idle sessions and gone producers are looked for. */
+#define RETENTION_MS 10000
 /* How long a stopping daemon waits for its last commit. */
 #define STOP_COMMIT_MS 1800
 
@@ -96,6 +100,14 @@ static void periodic(struct tallyd *d, uint64_t *next_check)
 	if (now < *next_check)
 		return;
 	*next_check = now + READER_CHECK_MS;
+	if (d->cfg.metrics_file != NULL && now >= d->next_metrics_ms) {
+		d->next_metrics_ms = now + METRICS_MS;
+		metrics_write(d);
+	}
+	if (now >= d->next_retention_ms) {
+		d->next_retention_ms = now + RETENTION_MS;
+		retention_tick(d);
+	}
 	dead = ledger_reader_check(&d->ledger);
 	track_readers(d, now);
 	if (dead > 0) {

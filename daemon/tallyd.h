@@ -28,6 +28,10 @@ struct tallyd_config {
 	/* Usages one aggregate may hold before receiving pauses. */
 	size_t max_pending;
 	bool nosync;
+	/* Idle sessions and producers expire after these; 0 never. */
+	uint64_t session_ttl_ms;
+	uint64_t producer_ttl_ms;
+	const char *metrics_file;
 };
 
 /* Counters for 'tallyctl stats'; names in stats_names[] of control.c. */
@@ -54,6 +58,9 @@ struct tallyd_stats {
 	_Atomic uint64_t control_requests;
 	_Atomic uint64_t control_malformed;
 	_Atomic uint64_t producers;
+	_Atomic uint64_t purge_requests;
+	_Atomic uint64_t purged_sessions;
+	_Atomic uint64_t expired_producers;
 };
 
 #define STAT_ADD(d, field, n) \
@@ -93,11 +100,18 @@ struct producer_map {
 	size_t count;
 };
 
+/* A sync request (p set) or a purge request waiting for its commit. */
 struct waiter {
 	void *header;
 	struct producer *p;
 	uint64_t seq;
 	uint64_t deadline_ms;
+	uint64_t purged;
+};
+
+struct provider_tokens {
+	char name[TALLY_NAME_MAX + 1];
+	uint64_t tokens[5];
 };
 
 struct tallyd {
@@ -117,6 +131,18 @@ struct tallyd {
 	size_t nwaiters;
 	size_t waiters_cap;
 	uint64_t start_ms;
+	/* Purge requests issued, and the newest one committed. */
+	uint64_t purge_seq;
+	uint64_t purge_committed;
+	/* Where the retention scans resume. */
+	char session_cursor[LEDGER_KEY_MAX];
+	size_t session_cursor_len;
+	char producer_cursor[LEDGER_KEY_MAX];
+	size_t producer_cursor_len;
+	uint64_t next_retention_ms;
+	uint64_t next_metrics_ms;
+	struct provider_tokens providers[32];
+	size_t nproviders;
 	/* The oldest reader's snapshot, and since when it has been oldest. */
 	uint64_t oldest_reader_txnid;
 	uint64_t oldest_reader_since_ms;
@@ -144,7 +170,22 @@ int ingest_drain(struct tallyd *d, unsigned max_messages);
 void ingest_handle(struct tallyd *d, const void *buf, size_t len);
 void ingest_fini(void);
 struct producer *producer_get(struct tallyd *d, const uint8_t *id);
+/* The producer if it is in memory; never reads the ledger. */
+struct producer *producer_find(struct tallyd *d, const uint8_t *id);
+/* Forgets a producer whose ledger record expired. */
+void producer_forget(struct tallyd *d, const uint8_t *id);
 void producers_fini(struct producer_map *m);
+
+/* retention.c: expiry of idle sessions and of producers. */
+void retention_tick(struct tallyd *d);
+/* Queues up to max sessions idle since before cutoff_ns; how many. */
+size_t retention_queue_idle(struct tallyd *d, uint64_t cutoff_ns, char *cursor,
+			    size_t *cursor_len, size_t max);
+
+/* metrics.c: Prometheus text. */
+void metrics_count(struct tallyd *d, const struct usage_view *v);
+char *metrics_text(struct tallyd *d);
+int metrics_write(struct tallyd *d);
 
 /* control.c: requests on the raw REP socket. */
 int control_drain(struct tallyd *d, unsigned max_requests);
