@@ -321,6 +321,7 @@ static int start(struct tallyd *d)
 	if (rc < 0)
 		return rc;
 	runtime_cloexec_all();
+	runtime_notify("READY=1\nSTATUS=serving");
 	log_notice("main", "ready: tally %s serving %s (pid %ld, %s)",
 		   TALLY_VERSION_STRING, d->paths.dir, (long)getpid(),
 		   d->cfg.nosync ? "no fsync: --no-sync" : "durable commits");

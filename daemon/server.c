@@ -49,6 +49,22 @@ static int socket_fd(int s)
 	return fd;
 }
 
+/*
+ * SIGHUP: tallyd has no configuration file and logs to stderr, which the
+ * service manager owns; what it can redo is say how it is set up and
+ * write the metrics file anew (after logrotate-like moves of it).
+ */
+static void reload(struct tallyd *d)
+{
+	log_notice(
+		"main",
+		"SIGHUP: serving %s, session ttl %llu ms, producer ttl %llu ms, metrics file %s",
+		d->paths.dir, (unsigned long long)d->cfg.session_ttl_ms,
+		(unsigned long long)d->cfg.producer_ttl_ms,
+		d->cfg.metrics_file ? d->cfg.metrics_file : "(none)");
+	metrics_write(d);
+}
+
 static void handle_signal(struct tallyd *d)
 {
 	struct signalfd_siginfo si;
@@ -59,10 +75,11 @@ static void handle_signal(struct tallyd *d)
 		case SIGINT:
 			log_notice("main", "signal %d: committing and stopping",
 				   (int)si.ssi_signo);
+			runtime_notify("STOPPING=1");
 			d->stopping = true;
 			break;
 		case SIGHUP:
-			log_notice("main", "SIGHUP: nothing to reload");
+			reload(d);
 			break;
 		}
 	}

@@ -155,6 +155,8 @@ uint64_t now_ms(void);
 
 /* runtime.c: the directory, the lock file, the sockets' files. */
 int runtime_std_fds(void);
+/* "READY=1" and the like to systemd's $NOTIFY_SOCKET, if there is one. */
+void runtime_notify(const char *state);
 void runtime_cloexec_all(void);
 int runtime_check_fs(const char *dir);
 /* The name of a network filesystem's statfs() magic; NULL for others. */
