@@ -342,6 +342,50 @@ int tally_stats_json(struct tally *t, int timeout_ms, char **json);
 int tally_purge(struct tally *t, const char *const *session_ids, size_t n,
 		uint64_t idle_for_ms, int timeout_ms, uint64_t *purged);
 
+/* One (session, LLM) of the ledger, as tally_foreach_entry() gives it. */
+struct tally_entry {
+	const char *session_id;
+	const char *llm_reference_id;
+	const char *llm_display_name;
+	const char *provider_type;
+	const char *model_type;
+	uint64_t input_tokens;
+	uint64_t output_tokens;
+	uint64_t cache_read_tokens;
+	uint64_t cache_write_tokens;
+	uint64_t reasoning_tokens;
+	uint64_t calls;
+	/* Of input and output, how many were estimated from text. */
+	uint64_t estimated_input_tokens;
+	uint64_t estimated_output_tokens;
+	/* Calls whose provider reported no usage for a count. */
+	uint64_t usage_missing_calls;
+	/* First and last activity, milliseconds since the epoch. */
+	uint64_t first_activity_ms;
+	uint64_t last_activity_ms;
+};
+
+/*
+ * tally_foreach_entry() - calls fn for every (session, LLM) in the ledger,
+ * in key order, from one read transaction (a consistent snapshot). The
+ * strings of e are NUL-terminated copies valid only during the call. fn
+ * returns 0 to go on; anything else stops the walk and is returned.
+ * Errors: those of tally_session_json(), and fn's own.
+ */
+int tally_foreach_entry(struct tally *t,
+			int (*fn)(const struct tally_entry *e, void *ctx),
+			void *ctx);
+
+/*
+ * tally_check() - verifies the ledger: every record decodes, and each
+ * session's totals equal the sum of its entries.
+ *
+ * Returns the number of problems found (0: none) and, when report is not
+ * NULL, a text naming each, one a line, that the caller frees with free().
+ * Errors (negative): those of tally_session_json().
+ */
+int tally_check(struct tally *t, char **report);
+
 /*
  * tally_metrics_text() - the daemon's metrics in Prometheus' text format.
  * The caller frees *text with free(). Errors as tally_stats_json().
