@@ -17,7 +17,9 @@ static const struct {
 		   "running or not keeping up"},
 	{-ETIMEDOUT, "tallyd did not confirm in time: is it running on this "
 		     "directory?"},
-	{-ENOENT, "no ledger in the directory: tallyd has never run there"},
+	{-ENOENT, "not found: no ledger in the directory (tallyd has never "
+		  "run there), or a tokenizer rank file not installed (run "
+		  "tools/setup)"},
 	{-ENODATA, "the response carries no usage report"},
 	{-EMSGSIZE, "the usage is larger than the handle's message limit "
 		    "(max_message)"},

@@ -489,9 +489,8 @@ void tally_stream_free(struct tally_stream *s);
  * its text. Such counts are recorded with TALLY_USAGE_ESTIMATED, and the
  * ledger keeps how many tokens of each entry were estimated.
  *
- * OpenAI models are counted exactly: the byte-pair encoding of their
- * tokenizer with OpenAI's published ranks, giving the same count as
- * gpt-tokenizer 4.0.0 (the tests hold it to that):
+ * OpenAI models are counted exactly: the byte-pair encoding of OpenAI's
+ * tokenizer, tiktoken, with its published patterns and ranks:
  *   o200k_base   gpt-4o*, gpt-4.1*, gpt-4.5*, gpt-5*, gpt-oss-*, chatgpt-*,
  *                codex-*, o1, o3, o4 and their "-..." versions, and every
  *                other gpt-* model not listed below
@@ -500,20 +499,27 @@ void tally_stream_free(struct tally_stream *s);
  * A model type is matched without regard to ASCII case, after dropping a
  * fine-tune's "ft:", everything up to the last '/', and Bedrock's
  * "openai.". Special tokens are not recognised: "<|endoftext|>" in a text
- * counts as the characters it is made of.
+ * counts as the characters it is made of. The tests hold the counts to
+ * gpt-tokenizer 4.0.0 on its own test vectors and to tiktoken 1.0.22 on a
+ * mixed corpus. gpt-tokenizer differs from tiktoken on text holding U+FEFF
+ * (byte-order mark) or U+0085 (next line), where tally counts as tiktoken
+ * does. Letters and digits are classed by PCRE2's Unicode tables (Unicode
+ * 14 with Debian's PCRE2 10.42), tiktoken's are newer: a text that joins
+ * characters assigned since then to letters may count a token more.
  *
  * The rank files o200k_base.tiktoken and cl100k_base.tiktoken (one
  * "base64 rank" line per token) are read from $TALLY_DATA_DIR when it is
- * set and not empty, else from the installation's share/tally directory;
+ * set and not empty, else from the installation's share/tally directory
+ * (/usr/local/share/tally for the default prefix);
  * tally_estimate_data_dir() says which. tools/setup installs them there.
  * Each file is loaded by the first call that needs it, once per process,
- * and shared read-only by every thread and handle (about 6 MB for
- * o200k_base, 3 MB for cl100k_base, kept until the process exits). A
+ * and shared read-only by every thread and handle (about 10 MB for
+ * o200k_base, 6 MB for cl100k_base, kept until the process exits). A
  * load that failed is tried again by the next call.
  *
- * Other models are estimated from a ratio of Unicode characters (code
- * points) per token, rounded up:
- *   family     model types that contain                    chars/token
+ * Other models are estimated from a ratio of bytes of UTF-8 per token,
+ * rounded up:
+ *   family     model types that contain                    bytes/token
  *   anthropic  "claude"                                            3.5
  *   gemini     "gemini", "gemma"                                   4.0
  *   mistral    "mistral", "mixtral", "ministral", "codestral",     3.5
@@ -525,16 +531,27 @@ void tally_stream_free(struct tally_stream *s);
  * Google documents about 4 characters per token for Gemini, OpenAI about
  * 4 for English text; 3.5 for Claude is the figure commonly quoted (not
  * published by Anthropic); Mistral's 32k-token vocabularies split English
- * finer than OpenAI's; the others take the common 4.
+ * finer than OpenAI's; the others take the common 4. Those figures are
+ * for English, where a character is a byte. Bytes are counted, not
+ * characters, because a byte-level tokenizer spends tokens on bytes: a
+ * CJK character is 3 bytes and about one token, an emoji 4 bytes and one
+ * to three. Counting characters instead missed by -18% (3.5) and -28%
+ * (4.0) over the corpus below, with -65% to -71% on CJK and emoji.
  *
  * How wrong a ratio is could only be measured against a real count, and
  * the only tokenizers that run offline here are OpenAI's: the errors were
  * therefore measured against o200k_base counts, standing in for each
- * family's own tokenizer, on the mixed corpus in tests/fixtures/corpus
- * (code, English and French prose, CJK, emoji, JSON, long runs of white
- * space). `tally-bench --estimate-error tests/fixtures/corpus` prints them.
- * Over the whole corpus (estimate - o200k count) / o200k count was
- * ESTIMATE_ERRORS.
+ * family's own tokenizer, on the corpus in tests/fixtures/corpus (14
+ * files, 14,592 bytes: C, Python and JSON, English and French prose,
+ * Chinese, Japanese, Korean, emoji, a chat answer in Markdown, control
+ * characters, long runs of white space). `tally-bench --estimate-error
+ * tests/fixtures/corpus` prints the table. (estimate - o200k count) /
+ * o200k count was, for 3.5 bytes per token: -4.4% over the whole corpus,
+ * a mean of 28.3% by file, from -49.6% (control characters) to +173.3%
+ * (white space runs, which o200k packs into few tokens); for 4.0: -16.4%,
+ * 28.4% by file, from -56.0% to +138.9%. By kind, for 3.5 (and 4.0):
+ * code -27% to 0% (-36% to -13%), prose +10% to +17% (-4% to +2%), CJK
+ * +3% to +24% (-10% to +8%), emoji -32% (-40%).
  */
 
 /* How tally_estimate_tokens() counts the tokens of one model type. */
@@ -577,6 +594,8 @@ int tally_estimator_for(const char *model_type, struct tally_estimator *e);
  *  -ENAMETOOLONG  the data directory's path is too long.
  *  -E2BIG         the pattern that cuts the text into pieces met one of
  *                 PCRE2's resource limits on this text.
+ *  -ENOTSUP       the PCRE2 library cannot compile the pattern: it was
+ *                 built without Unicode support.
  *  -ENOMEM        out of memory.
  */
 int tally_estimate_tokens(const char *model_type, const char *text,
@@ -590,9 +609,11 @@ int tally_estimate_tokens(const char *model_type, const char *text,
  * counts and flags of *u, leaving its strings alone. A text given, even
  * empty, is counted and sets TALLY_USAGE_ESTIMATED. A NULL text was not
  * seen: its count is 0 and TALLY_USAGE_INPUT_MISSING or
- * TALLY_USAGE_OUTPUT_MISSING is set. With both NULL the call is a "usage
- * missing" call, which the ledger counts apart (usageMissingCalls in the
- * details) rather than as a call of 0 tokens.
+ * TALLY_USAGE_OUTPUT_MISSING is set, and the ledger counts the call in
+ * usageMissingCalls (in the details of tally_session_json_ex()). With
+ * both NULL the call has no count at all: a "usage missing" call, which
+ * tells a gap from a call that used 0 tokens. The detail counts of *u
+ * are set to 0.
  *
  * Errors: -EINVAL when u is NULL or a text is NULL with a length not 0;
  * those of tally_estimate_tokens(). On error *u is not changed.
