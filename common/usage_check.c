@@ -50,6 +50,11 @@ bool utf8_valid(const char *s, size_t len)
 	size_t i = 0, n;
 
 	while (i < len) {
+		/* Ids and names are mostly ASCII: take a run of it at once. */
+		while (i < len && p[i] - 1u < 0x7fu)
+			i++;
+		if (i == len)
+			break;
 		n = utf8_seq(p + i, len - i);
 		if (n == 0)
 			return false;
