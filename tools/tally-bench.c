@@ -11,13 +11,20 @@
  *
  * Workers hand their latency samples back through a shared anonymous
  * mapping made before the fork: no pipe to drain while they run.
+ *
+ * Two other modes time and check the estimation from text: --estimate
+ * runs tally's encoder and gpt-tokenizer (in Node.js) on the same file,
+ * and --estimate-error measures the per-family ratios on a corpus.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -34,6 +41,8 @@
 
 #include <jansson.h>
 
+#include "bench_compare.h"
+#include "bench_soak.h"
 #include "tally.h"
 
 enum {
@@ -57,6 +66,12 @@ enum {
 /* Session and LLM pairs checked; the expected totals take 16 bytes each. */
 #define PAIRS_MAX 50000000
 #define NSEC 1000000000LL
+/* Each encoder is timed for this long, in passes over the whole text. */
+#define EST_BUDGET_NS NSEC
+#define EST_PASSES_MAX 10000
+#define EST_FILE_MAX (256u << 20)
+/* Node.js, loading gpt-tokenizer and timing it twice, gets this long. */
+#define NODE_DEADLINE_MS 120000
 
 /* The three timed calls; each has its own array of samples. */
 enum kind {
@@ -97,6 +112,12 @@ struct bench {
 	/* expect[(s * llms + l) * 2 + 0 or 1]: input, output. */
 	uint64_t *expect;
 	unsigned long mismatches;
+	/* --estimate FILE, --estimate-error DIR and their options. */
+	const char *estimate_file;
+	const char *error_dir;
+	const char *model;
+	const char *gpt_dir;
+	char gpt_buf[PATH_MAX];
 };
 
 struct pick {
@@ -108,6 +129,8 @@ static volatile sig_atomic_t interrupted;
 static const char usage_text[] =
 	"Usage: tally-bench [--dir DIR] [--tallyd PATH] --workers N\n"
 	"                   --records M --sessions K --llms L [--seed S]\n"
+	"       tally-bench --estimate FILE [--model M] [--gpt-tokenizer DIR]\n"
+	"       tally-bench --estimate-error DIR\n"
 	"\n"
 	"Fork N worker processes that each record M usages over K sessions\n"
 	"and L LLMs, then time tally_sync and snapshots, and check that every\n"
@@ -125,8 +148,22 @@ static const char usage_text[] =
 	"  -h, --help     print this help and exit\n"
 	"\n"
 	"A worker still running after 300 s is killed and reported.\n"
-	"Exit status: 0 all totals exact and no worker failed; 1 a failure\n"
-	"or a mismatch; 2 usage error.\n";
+	"\n"
+	"  --estimate FILE  count the tokens of FILE with tally_estimate_tokens\n"
+	"                   and with gpt-tokenizer in Node.js, and print both\n"
+	"                   speeds in tokens per second, and their ratio\n"
+	"  --model M        the model type whose encoding is timed; default\n"
+	"                   gpt-4o (o200k_base); gpt-4 times cl100k_base\n"
+	"  --gpt-tokenizer DIR  the gpt-tokenizer package; default\n"
+	"                   $TALLY_GPT_TOKENIZER, else .deps/node_modules/\n"
+	"                   gpt-tokenizer above tally-bench or the current\n"
+	"                   directory. Node.js is $NODE, else node\n"
+	"  --estimate-error DIR  estimate every *.txt file of DIR with each\n"
+	"                   family's ratio, and print its error against the\n"
+	"                   exact o200k_base count\n"
+	"\n"
+	"Exit status: 0 all totals exact and no worker failed, or the\n"
+	"estimates ran; 1 a failure or a mismatch; 2 usage error.\n";
 
 static int64_t now_ns(void)
 {
@@ -189,9 +226,42 @@ static int take_option(struct bench *b, int c, const char *arg)
 		return parse_count("--llms", arg, 1, 1000, &b->llms);
 	case 'S':
 		return parse_count("--seed", arg, 0, UINT64_MAX, &b->seed);
+	case 'E':
+		b->estimate_file = arg;
+		return 0;
+	case 'X':
+		b->error_dir = arg;
+		return 0;
+	case 'm':
+		b->model = arg;
+		return 0;
+	case 'g':
+		b->gpt_dir = arg;
+		return 0;
 	default:
 		return -EINVAL;
 	}
+}
+
+/* The estimation modes take none of the load's options. */
+static int check_estimate_options(const struct bench *b)
+{
+	const char *why = NULL;
+
+	if (b->estimate_file && b->error_dir)
+		why = "--estimate and --estimate-error are separate runs";
+	else if (!b->estimate_file && !b->error_dir)
+		why = "--model and --gpt-tokenizer go with --estimate";
+	else if (b->error_dir && (b->model || b->gpt_dir))
+		why = "--estimate-error takes no --model nor --gpt-tokenizer";
+	else if (b->dir || b->tallyd || b->workers || b->records ||
+		 b->sessions || b->llms || b->seed != 1)
+		why = "the load's options do not go with --estimate or "
+		      "--estimate-error";
+	if (!why)
+		return 0;
+	fprintf(stderr, "tally-bench: %s\n", why);
+	return -EINVAL;
 }
 
 static int parse_options(struct bench *b, int argc, char **argv)
@@ -204,6 +274,10 @@ static int parse_options(struct bench *b, int argc, char **argv)
 		{"sessions", required_argument, NULL, 's'},
 		{"llms", required_argument, NULL, 'l'},
 		{"seed", required_argument, NULL, 'S'},
+		{"estimate", required_argument, NULL, 'E'},
+		{"estimate-error", required_argument, NULL, 'X'},
+		{"model", required_argument, NULL, 'm'},
+		{"gpt-tokenizer", required_argument, NULL, 'g'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
@@ -222,6 +296,11 @@ static int parse_options(struct bench *b, int argc, char **argv)
 		fprintf(stderr, "tally-bench: unexpected argument '%s'\n",
 			argv[optind]);
 		goto usage;
+	}
+	if (b->estimate_file || b->error_dir || b->model || b->gpt_dir) {
+		if (check_estimate_options(b) < 0)
+			goto usage;
+		return RC_GO_ON;
 	}
 	if (!b->workers || !b->records || !b->sessions || !b->llms) {
 		fprintf(stderr, "tally-bench: --workers, --records, "
@@ -1038,6 +1117,500 @@ static int verify(struct bench *b)
 	return 0;
 }
 
+/* ---- estimation from text ---- */
+
+/* Reads all of path, up to EST_FILE_MAX bytes; the caller frees *out. */
+static int read_text(const char *path, char **out, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	size_t cap = 1 << 16, n = 0, got;
+	char *buf = NULL, *p;
+	int err = 0;
+
+	if (!f)
+		return -errno;
+	do {
+		if (cap - n < 4096) {
+			cap *= 2;
+			if (cap > EST_FILE_MAX) {
+				err = -EFBIG;
+				break;
+			}
+		}
+		p = realloc(buf, cap);
+		if (!p) {
+			err = -ENOMEM;
+			break;
+		}
+		buf = p;
+		got = fread(buf + n, 1, cap - n, f);
+		n += got;
+	} while (got > 0);
+	if (!err && ferror(f))
+		err = -EIO;
+	fclose(f);
+	if (err) {
+		free(buf);
+		return err;
+	}
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+/* Unicode characters of UTF-8 text that tally has already accepted. */
+static uint64_t count_chars(const char *s, size_t len)
+{
+	uint64_t n = 0;
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		n += ((unsigned char)s[i] & 0xc0) != 0x80;
+	return n;
+}
+
+struct est_timing {
+	uint64_t tokens;
+	double load_ms;
+	double first_ms;
+	uint64_t passes;
+	double secs;
+};
+
+static double ms_since(int64_t t0)
+{
+	return (double)(now_ns() - t0) / 1e6;
+}
+
+/* Times tally_estimate_tokens: the rank file's load, a first pass, then
+ * passes for EST_BUDGET_NS. */
+static int time_tally(const char *model, const char *text, size_t len,
+		      struct est_timing *t)
+{
+	uint64_t n;
+	int64_t t0;
+	int err;
+
+	t0 = now_ns();
+	err = tally_estimate_tokens(model, "", 0, &n);
+	t->load_ms = ms_since(t0);
+	t0 = now_ns();
+	if (err == 0)
+		err = tally_estimate_tokens(model, text, len, &t->tokens);
+	t->first_ms = ms_since(t0);
+	t0 = now_ns();
+	for (t->passes = 0; err == 0 && t->passes < EST_PASSES_MAX &&
+			    now_ns() - t0 < EST_BUDGET_NS;
+	     t->passes++)
+		err = tally_estimate_tokens(model, text, len, &n);
+	t->secs = (double)(now_ns() - t0) / NSEC;
+	return err;
+}
+
+/* dirname() in place: it may return a pointer into dir itself. */
+static void to_parent(char *dir)
+{
+	const char *d = dirname(dir);
+
+	memmove(dir, d, strlen(d) + 1);
+}
+
+static bool is_package(const char *dir)
+{
+	char path[PATH_MAX + 16];
+
+	snprintf(path, sizeof(path), "%s/package.json", dir);
+	return access(path, R_OK) == 0;
+}
+
+/* Looks for .deps/node_modules/gpt-tokenizer in dir and 4 parents. */
+static bool find_deps_above(char *dir, char *out, size_t len)
+{
+	int i;
+
+	for (i = 0; i < 5; i++) {
+		snprintf(out, len, "%s/.deps/node_modules/gpt-tokenizer", dir);
+		if (is_package(out))
+			return true;
+		if (strcmp(dir, "/") == 0)
+			break;
+		to_parent(dir);
+	}
+	return false;
+}
+
+static int find_gpt_tokenizer(struct bench *b)
+{
+	char dir[PATH_MAX];
+	ssize_t n;
+
+	if (!b->gpt_dir)
+		b->gpt_dir = getenv("TALLY_GPT_TOKENIZER");
+	if (b->gpt_dir && *b->gpt_dir)
+		return is_package(b->gpt_dir) ? 0 : -ENOENT;
+	b->gpt_dir = b->gpt_buf;
+	n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+	if (n > 0) {
+		dir[n] = '\0';
+		to_parent(dir);
+		if (find_deps_above(dir, b->gpt_buf, sizeof(b->gpt_buf)))
+			return 0;
+	}
+	if (getcwd(dir, sizeof(dir)) &&
+	    find_deps_above(dir, b->gpt_buf, sizeof(b->gpt_buf)))
+		return 0;
+	b->gpt_dir = NULL;
+	return -ENOENT;
+}
+
+/*
+ * Run by Node.js with FILE ENCODING PACKAGE BUDGET_S. Prints the count,
+ * the first pass in ms, then passes and seconds with gpt-tokenizer's
+ * default merge cache, and again with the cache off (as tally runs).
+ */
+static const char node_script[] =
+	"'use strict';\n"
+	"const [file, enc, dir, budget] = process.argv.slice(1);\n"
+	"const lib = require(dir + '/cjs/encoding/' + enc + '.js');\n"
+	"const text = require('fs').readFileSync(file, 'utf8');\n"
+	"const opts = { disallowedSpecial: new Set() };\n"
+	"const now = () => Number(process.hrtime.bigint()) / 1e9;\n"
+	"function timed() {\n"
+	"  let passes = 0, t = 0;\n"
+	"  const t0 = now();\n"
+	"  do {\n"
+	"    lib.countTokens(text, opts);\n"
+	"    passes++;\n"
+	"    t = now() - t0;\n"
+	"  } while (t < budget && passes < 10000);\n"
+	"  return passes + ' ' + t;\n"
+	"}\n"
+	"const t0 = now();\n"
+	"const n = lib.countTokens(text, opts);\n"
+	"const first = (now() - t0) * 1e3;\n"
+	"const cached = timed();\n"
+	"lib.setMergeCacheSize(0);\n"
+	"console.log(n + ' ' + first + ' ' + cached + ' ' + timed());\n";
+
+/* Reads the child's output until it closes it, within the deadline. */
+static int read_child(int fd, char *out, size_t len)
+{
+	int64_t deadline = now_ns() + NODE_DEADLINE_MS * 1000000LL;
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+	size_t n = 0;
+	ssize_t r;
+
+	for (;;) {
+		if (now_ns() > deadline)
+			return -ETIMEDOUT;
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		r = read(fd, out + n, len - 1 - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0 || (n += (size_t)r) == len - 1)
+			break;
+	}
+	out[n] = '\0';
+	return 0;
+}
+
+static pid_t spawn_node(const char *node, char **args, int *fd)
+{
+	int p[2];
+	pid_t pid;
+
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return -1;
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0) {
+		dup2(p[1], STDOUT_FILENO);
+		execvp(node, args);
+		fprintf(stderr, "tally-bench: cannot run %s: %s\n", node,
+			strerror(errno));
+		_exit(127);
+	}
+	close(p[1]);
+	if (pid < 0)
+		close(p[0]);
+	else
+		*fd = p[0];
+	return pid;
+}
+
+/* Runs node_script; out receives its one line of figures. */
+static int run_node(const struct bench *b, const char *enc, char *out,
+		    size_t len)
+{
+	const char *node = getenv("NODE");
+	char *script = (char *)node_script, *file = (char *)b->estimate_file;
+	char *e = (char *)enc, *dir = (char *)b->gpt_dir;
+	char *args[] = {"node", "-e", script, "--", file, e, dir, "1", NULL};
+	int fd, status, err;
+	pid_t pid;
+
+	if (!node || !*node)
+		node = "node";
+	pid = spawn_node(node, args, &fd);
+	if (pid < 0)
+		return -errno;
+	err = read_child(fd, out, len);
+	close(fd);
+	if (err < 0)
+		kill(pid, SIGKILL);
+	waitpid(pid, &status, 0);
+	if (err == 0 && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
+		err = -ECHILD;
+	return err;
+}
+
+struct node_timing {
+	uint64_t tokens;
+	double first_ms;
+	double cached_passes, cached_secs;
+	double cold_passes, cold_secs;
+};
+
+static int time_gpt_tokenizer(struct bench *b, const char *enc,
+			      struct node_timing *t)
+{
+	char out[512];
+	int err;
+
+	if (find_gpt_tokenizer(b) < 0) {
+		fprintf(stderr, "tally-bench: gpt-tokenizer not found: run "
+				"tools/setup, or pass --gpt-tokenizer DIR\n");
+		return -ENOENT;
+	}
+	err = run_node(b, enc, out, sizeof(out));
+	if (err == 0 &&
+	    sscanf(out, "%" SCNu64 " %lf %lf %lf %lf %lf", &t->tokens,
+		   &t->first_ms, &t->cached_passes, &t->cached_secs,
+		   &t->cold_passes, &t->cold_secs) != 6)
+		err = -EBADMSG;
+	if (err < 0)
+		fprintf(stderr,
+			"tally-bench: gpt-tokenizer in Node.js failed: "
+			"%s\n",
+			err == -ECHILD ? "it exited with an error"
+				       : strerror(-err));
+	return err;
+}
+
+static void print_estimate(const struct bench *b, const struct est_timing *t,
+			   const struct node_timing *g)
+{
+	double ours = (double)t->tokens * (double)t->passes / t->secs;
+	double cached = (double)g->tokens * g->cached_passes / g->cached_secs;
+	double cold = (double)g->tokens * g->cold_passes / g->cold_secs;
+
+	printf("gpt-tokenizer: %s, run by %s\n", b->gpt_dir,
+	       getenv("NODE") ? getenv("NODE") : "node");
+	printf("gpt-tokenizer: %" PRIu64 " tokens; first pass %.1f ms; "
+	       "%.0f tokens/s with its merge cache, %.0f without\n",
+	       g->tokens, g->first_ms, cached, cold);
+	printf("ratio tally / gpt-tokenizer: %.2fx (merge cache on), "
+	       "%.2fx (off)\n",
+	       ours / cached, ours / cold);
+	if (g->tokens == t->tokens)
+		printf("counts: identical\n");
+	else
+		printf("counts: differ by %+" PRId64 " (tally follows tiktoken "
+		       "where gpt-tokenizer does not: U+FEFF, U+0085)\n",
+		       (int64_t)(t->tokens - g->tokens));
+}
+
+static int run_estimate(struct bench *b)
+{
+	struct tally_estimator e;
+	struct est_timing t = {0};
+	struct node_timing g = {0};
+	char *text = NULL;
+	size_t len;
+	int err;
+
+	if (!b->model)
+		b->model = "gpt-4o";
+	err = read_text(b->estimate_file, &text, &len);
+	if (err < 0) {
+		fprintf(stderr, "tally-bench: cannot read %s: %s\n",
+			b->estimate_file, strerror(-err));
+		return RC_FAIL;
+	}
+	err = tally_estimator_for(b->model, &e);
+	if (err == 0)
+		err = time_tally(b->model, text, len, &t);
+	if (err < 0) {
+		fprintf(stderr, "tally-bench: tally_estimate_tokens: %s\n",
+			err == -ENOENT ? "the rank file is not installed "
+					 "(run tools/setup, or set "
+					 "TALLY_DATA_DIR)"
+				       : tally_strerror(err));
+		free(text);
+		return RC_FAIL;
+	}
+	printf("text: %s, %zu bytes, %" PRIu64 " characters; model %s: %s\n",
+	       b->estimate_file, len, count_chars(text, len), b->model, e.name);
+	printf("tally: %" PRIu64 " tokens; rank file load %.1f ms, first "
+	       "pass %.1f ms; %.0f tokens/s (%" PRIu64 " passes in %.3f s)\n",
+	       t.tokens, t.load_ms, t.first_ms,
+	       (double)t.tokens * (double)t.passes / t.secs, t.passes, t.secs);
+	free(text);
+	if (!e.exact) {
+		printf("gpt-tokenizer: not run: %s is counted by a ratio\n",
+		       b->model);
+		return RC_OK;
+	}
+	if (time_gpt_tokenizer(b, e.name, &g) < 0)
+		return RC_FAIL;
+	print_estimate(b, &t, &g);
+	return RC_OK;
+}
+
+/* One representative model type per family of tally.h's table. */
+static const char *const family_models[] = {
+	"claude-sonnet-4-5", "gemini-2.5-pro", "mistral-large-latest",
+	"command-r-plus",    "llama3.1:8b",    "unknown-model",
+};
+#define FAMILIES (sizeof(family_models) / sizeof(*family_models))
+
+struct family_error {
+	struct tally_estimator e;
+	uint64_t estimated;
+	double abs_sum;
+	double worst;
+	const char *worst_file;
+};
+
+static int txt_file(const struct dirent *d)
+{
+	size_t n = strlen(d->d_name);
+
+	return n > 4 && strcmp(d->d_name + n - 4, ".txt") == 0;
+}
+
+static double error_pct(uint64_t estimate, uint64_t exact)
+{
+	return exact ? 100.0 * ((double)estimate - (double)exact) /
+			       (double)exact
+		     : 0;
+}
+
+static void print_error_header(const struct family_error *f)
+{
+	size_t i;
+
+	printf("%-18s %6s %6s", "file", "bytes", "o200k");
+	for (i = 0; i < FAMILIES; i++)
+		printf(" %9s", f[i].e.name);
+	printf("\n%-32s", "(bytes per token)");
+	for (i = 0; i < FAMILIES; i++)
+		printf(" %9.1f", f[i].e.bytes_per_token);
+	putchar('\n');
+}
+
+static void add_error(struct family_error *f, const char *name,
+		      uint64_t estimate, uint64_t exact)
+{
+	double err = error_pct(estimate, exact);
+	double abs = err < 0 ? -err : err;
+
+	f->estimated += estimate;
+	f->abs_sum += abs;
+	if (!f->worst_file || abs > (f->worst < 0 ? -f->worst : f->worst)) {
+		f->worst = err;
+		f->worst_file = name;
+	}
+	printf(" %+8.1f%%", err);
+}
+
+/* Estimates one file with every family and prints its row. */
+static int error_row(const char *dir, const char *name, struct family_error *f,
+		     uint64_t *bytes, uint64_t *ref)
+{
+	char path[PATH_MAX];
+	uint64_t exact, estimate;
+	char *text;
+	size_t len, i;
+	int rc;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	rc = read_text(path, &text, &len);
+	if (rc == 0)
+		rc = tally_estimate_tokens("gpt-4o", text, len, &exact);
+	if (rc < 0) {
+		fprintf(stderr, "tally-bench: %s: %s\n", path,
+			tally_strerror(rc));
+		return rc;
+	}
+	*bytes += len;
+	*ref += exact;
+	printf("%-18.18s %6zu %6" PRIu64, name, len, exact);
+	for (i = 0; i < FAMILIES && rc == 0; i++) {
+		rc = tally_estimate_tokens(family_models[i], text, len,
+					   &estimate);
+		if (rc == 0)
+			add_error(&f[i], name, estimate, exact);
+	}
+	putchar('\n');
+	free(text);
+	return rc;
+}
+
+static void print_error_summary(const struct family_error *f, int files,
+				uint64_t bytes, uint64_t ref)
+{
+	size_t i;
+
+	printf("%-18s %6" PRIu64 " %6" PRIu64, "whole corpus", bytes, ref);
+	for (i = 0; i < FAMILIES; i++)
+		printf(" %+8.1f%%", error_pct(f[i].estimated, ref));
+	printf("\n%-32s", "mean |error| of the files");
+	for (i = 0; i < FAMILIES; i++)
+		printf(" %8.1f%%", f[i].abs_sum / files);
+	printf("\n\n");
+	for (i = 0; i < FAMILIES; i++)
+		printf("%s (%s, %.1f bytes/token): whole corpus %+.1f%%, mean "
+		       "|error| %.1f%%, worst %+.1f%% (%s)\n",
+		       f[i].e.name, family_models[i], f[i].e.bytes_per_token,
+		       error_pct(f[i].estimated, ref), f[i].abs_sum / files,
+		       f[i].worst, f[i].worst_file);
+}
+
+static int run_estimate_error(struct bench *b)
+{
+	struct family_error f[FAMILIES] = {0};
+	struct dirent **names;
+	uint64_t bytes = 0, ref = 0;
+	int n, i, rc = 0;
+	size_t k;
+
+	n = scandir(b->error_dir, &names, txt_file, alphasort);
+	if (n <= 0) {
+		fprintf(stderr, "tally-bench: no *.txt file in %s%s%s\n",
+			b->error_dir, n < 0 ? ": " : "",
+			n < 0 ? strerror(errno) : "");
+		return RC_FAIL;
+	}
+	for (k = 0; k < FAMILIES; k++)
+		tally_estimator_for(family_models[k], &f[k].e);
+	printf("corpus: %s, %d files. The reference is the exact o200k_base "
+	       "count, standing in\nfor each family's own tokenizer, which "
+	       "cannot run offline.\nerror = (estimate - o200k count) / o200k "
+	       "count\n\n",
+	       b->error_dir, n);
+	print_error_header(f);
+	for (i = 0; i < n && rc == 0; i++)
+		rc = error_row(b->error_dir, names[i]->d_name, f, &bytes, &ref);
+	if (rc == 0)
+		print_error_summary(f, n, bytes, ref);
+	for (i = 0; i < n; i++)
+		free(names[i]);
+	free(names);
+	return rc == 0 ? RC_OK : RC_FAIL;
+}
+
 /* ---- main ---- */
 
 static int prepare(struct bench *b)
@@ -1085,11 +1658,24 @@ int main(int argc, char **argv)
 	struct bench b = {0};
 	int rc;
 
+	/* --soak is a mode of its own, with its own options. */
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--soak") == 0 ||
+		    strncmp(argv[i], "--soak=", 7) == 0)
+			return bench_soak(argc, argv);
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "--compare") == 0)
+			return bench_compare(argc, argv);
 	rc = parse_options(&b, argc, argv);
 	if (rc != RC_GO_ON)
 		return rc;
 	print_command(argc, argv);
-	rc = prepare(&b) < 0 ? RC_FAIL : run(&b);
+	if (b.estimate_file)
+		rc = run_estimate(&b);
+	else if (b.error_dir)
+		rc = run_estimate_error(&b);
+	else
+		rc = prepare(&b) < 0 ? RC_FAIL : run(&b);
 	daemon_stop(&b);
 	remove_tmp_dir(&b);
 	if (b.map)

@@ -1,6 +1,8 @@
 /*
- * tallyctl - the operators' tool: show one session, list the sessions, read
- * the daemon's counters, record a usage by hand.
+ * tallyctl - the operators' tool: show one session, read the daemon's
+ * counters, record a usage by hand; the commands that work on the whole
+ * ledger (sessions, top, export, purge, check, cost, metrics) are in
+ * ctl_ops.c.
  *
  * It links only libtally, and reads the JSON that library returns with
  * jansson. Every command parses its own options; main() only parses the
@@ -20,6 +22,7 @@
 
 #include <jansson.h>
 
+#include "ctl_ops.h"
 #include "tally.h"
 
 /* Exit statuses; the help text promises them. */
@@ -35,14 +38,6 @@ enum {
 #define RESPONSE_MAX (64u << 20)
 
 #define DUMP_FLAGS (JSON_INDENT(2) | JSON_PRESERVE_ORDER)
-
-struct ctl {
-	/* The ledger directory, from --dir or tally_default_dir(). */
-	const char *dir;
-	char dir_buf[4096];
-	/* "tallyctl COMMAND", the name getopt_long prints in its errors. */
-	char prog[64];
-};
 
 struct command {
 	const char *name;
@@ -60,8 +55,14 @@ static const char usage_text[] =
 	"\n"
 	"Commands:\n"
 	"  show SESSION [--details]  print a session's usage per LLM as JSON\n"
-	"  sessions [--json]         list the sessions, most recent first\n"
+	"  sessions [--sort ...]     list the sessions, most recent first\n"
+	"  top [--interval S]        watch the busiest sessions and LLMs\n"
 	"  stats [--json]            print tallyd's counters\n"
+	"  metrics                   print tallyd's metrics (Prometheus)\n"
+	"  export [--format F]       print every (session, LLM) row\n"
+	"  cost SESSION              price a session's usage\n"
+	"  purge SESSION...          delete sessions (or --idle-for D)\n"
+	"  check                     verify the ledger's totals and records\n"
 	"  record ...                record one usage and wait for its commit\n"
 	"  help [COMMAND]            print the help of COMMAND\n"
 	"\n"
@@ -90,19 +91,6 @@ static const char show_help[] =
 	"Exit status: 0 printed; 1 no ledger or a library error;\n"
 	"2 usage error.\n";
 
-static const char sessions_help[] =
-	"Usage: tallyctl [--dir DIR] sessions [--json]\n"
-	"\n"
-	"List every session in the ledger, most recent activity first:\n"
-	"SESSION, INPUT and OUTPUT tokens, CALLS, LAST ACTIVITY (UTC).\n"
-	"Usages not yet committed by tallyd are not listed.\n"
-	"\n"
-	"  --json      print the JSON array instead of the table\n"
-	"  -h, --help  print this help and exit\n"
-	"\n"
-	"Exit status: 0 printed; 1 no ledger or a library error;\n"
-	"2 usage error.\n";
-
 static const char stats_help[] =
 	"Usage: tallyctl [--dir DIR] stats [--json]\n"
 	"\n"
@@ -118,7 +106,8 @@ static const char stats_help[] =
 static const char record_help[] =
 	"Usage: tallyctl [--dir DIR] record --session S --llm ID\n"
 	"           [--name N] [--provider P] [--model M]\n"
-	"           (--input N --output N | --response FILE)\n"
+	"           (--input N --output N | --response FILE |\n"
+	"            --prompt-file F --completion-file F | --missing)\n"
 	"           [--estimated] [--timeout MS]\n"
 	"\n"
 	"Record the usage of one LLM call, then wait until tallyd has\n"
@@ -135,8 +124,19 @@ static const char record_help[] =
 	"  --output N        output tokens billed (0 to 1000000000)\n"
 	"  --response FILE   take the counts from the provider's JSON\n"
 	"                    response in FILE; '-' reads standard input\n"
+	"  --prompt-file F   estimate the input tokens from the prompt's text\n"
+	"                    in F, for the model of --model (required): exact\n"
+	"                    for OpenAI models, a ratio for the others\n"
+	"  --completion-file F  estimate the output tokens from the text of\n"
+	"                    the completion in F. Of the two files either may\n"
+	"                    be left out: that side is recorded as missing.\n"
+	"                    One of them may be '-'. The estimate is printed\n"
+	"  --missing         the provider reported no usage and the text is\n"
+	"                    not at hand: record a call whose usage is\n"
+	"                    missing, which is counted apart, not as 0 tokens\n"
 	"  --estimated       the counts were estimated, not reported by the\n"
-	"                    provider (not with --response)\n"
+	"                    provider (not with --response nor --missing;\n"
+	"                    implied by the text files)\n"
 	"  --timeout MS      how long to wait for the commit; default 5000\n"
 	"  -h, --help        print this help and exit\n"
 	"\n"
@@ -328,57 +328,6 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
 	return show_session(ctl, argv[optind], flags);
 }
 
-/* ---- sessions ---- */
-
-struct session_row {
-	const char *id;
-	json_int_t input;
-	json_int_t output;
-	json_int_t calls;
-	json_int_t last;
-};
-
-static json_int_t int_field(const json_t *obj, const char *name)
-{
-	return json_integer_value(json_object_get(obj, name));
-}
-
-/* Most recent first; the id breaks ties so that the order is stable. */
-static int row_cmp(const void *a, const void *b)
-{
-	const struct session_row *x = a, *y = b;
-
-	if (x->last != y->last)
-		return x->last < y->last ? 1 : -1;
-	return strcmp(x->id, y->id);
-}
-
-static int rows_from_json(const json_t *arr, struct session_row **out)
-{
-	struct session_row *rows;
-	size_t i, n = json_array_size(arr);
-	const json_t *s;
-
-	rows = calloc(n ? n : 1, sizeof(*rows));
-	if (!rows)
-		return -ENOMEM;
-	for (i = 0; i < n; i++) {
-		s = json_array_get(arr, i);
-		rows[i].id = json_string_value(json_object_get(s, "sessionId"));
-		if (!rows[i].id) {
-			free(rows);
-			return -EBADMSG;
-		}
-		rows[i].input = int_field(s, "inputTokens");
-		rows[i].output = int_field(s, "outputTokens");
-		rows[i].calls = int_field(s, "calls");
-		rows[i].last = int_field(s, "lastActivity");
-	}
-	qsort(rows, n, sizeof(*rows), row_cmp);
-	*out = rows;
-	return 0;
-}
-
 /* Columns count characters, not bytes: ids are UTF-8. */
 static int text_width(const char *s)
 {
@@ -389,126 +338,7 @@ static int text_width(const char *s)
 	return w;
 }
 
-static int num_width(json_int_t v)
-{
-	char buf[32];
-
-	return snprintf(buf, sizeof(buf), "%" JSON_INTEGER_FORMAT, v);
-}
-
-static void format_ms(json_int_t ms, char *buf, size_t len)
-{
-	time_t sec = (time_t)(ms / 1000);
-	struct tm tm;
-
-	if (ms < 0 || !gmtime_r(&sec, &tm)) {
-		snprintf(buf, len, "-");
-		return;
-	}
-	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-		 tm.tm_min, tm.tm_sec, (int)(ms % 1000));
-}
-
-/* A control character in an id would break the table's lines. */
-static void print_id(const char *id, int width)
-{
-	int w = text_width(id);
-
-	for (; *id; id++)
-		putchar((unsigned char)*id < 0x20 || *id == 0x7f ? '?' : *id);
-	printf("%*s", width > w ? width - w : 0, "");
-}
-
-struct widths {
-	int id, input, output, calls;
-};
-
-static void measure(const struct session_row *rows, size_t n, struct widths *w)
-{
-	size_t i;
-
-	*w = (struct widths){7, 5, 6, 5};
-	for (i = 0; i < n; i++) {
-		if (text_width(rows[i].id) > w->id)
-			w->id = text_width(rows[i].id);
-		if (num_width(rows[i].input) > w->input)
-			w->input = num_width(rows[i].input);
-		if (num_width(rows[i].output) > w->output)
-			w->output = num_width(rows[i].output);
-		if (num_width(rows[i].calls) > w->calls)
-			w->calls = num_width(rows[i].calls);
-	}
-}
-
-static void print_table(const struct session_row *rows, size_t n)
-{
-	struct widths w;
-	char when[48];
-	size_t i;
-
-	measure(rows, n, &w);
-	printf("%-*s  %*s  %*s  %*s  %s\n", w.id, "SESSION", w.input, "INPUT",
-	       w.output, "OUTPUT", w.calls, "CALLS", "LAST ACTIVITY");
-	for (i = 0; i < n; i++) {
-		print_id(rows[i].id, w.id);
-		format_ms(rows[i].last, when, sizeof(when));
-		printf("  %*" JSON_INTEGER_FORMAT "  %*" JSON_INTEGER_FORMAT
-		       "  %*" JSON_INTEGER_FORMAT "  %s\n",
-		       w.input, rows[i].input, w.output, rows[i].output,
-		       w.calls, rows[i].calls, when);
-	}
-}
-
-static int print_sessions(const json_t *root, bool as_json)
-{
-	struct session_row *rows;
-	int err;
-
-	if (as_json)
-		return dump_json(root) < 0 ? RC_FAIL : RC_OK;
-	if (!json_is_array(root)) {
-		fail("sessions: libtally returned JSON that is not an array");
-		return RC_FAIL;
-	}
-	err = rows_from_json(root, &rows);
-	if (err < 0) {
-		fail("sessions: %s", err == -ENOMEM
-					     ? tally_strerror(err)
-					     : "a session has no sessionId");
-		return RC_FAIL;
-	}
-	print_table(rows, json_array_size(root));
-	free(rows);
-	return RC_OK;
-}
-
-static int list_sessions(struct ctl *ctl, bool as_json)
-{
-	struct tally *t = NULL;
-	char *text = NULL;
-	json_t *root = NULL;
-	int rc = RC_FAIL;
-	int err;
-
-	if (open_handle(ctl, "sessions", &t) < 0)
-		return RC_FAIL;
-	err = tally_sessions_json(t, &text);
-	if (err < 0) {
-		read_failed(ctl, "sessions", err);
-		goto out;
-	}
-	root = load_json("sessions", text);
-	if (root)
-		rc = print_sessions(root, as_json);
-out:
-	json_decref(root);
-	free(text);
-	tally_close(t);
-	return rc;
-}
-
-/* Parses the lone --json option of sessions and stats. */
+/* Parses the lone --json option of stats. */
 static int parse_json_flag(struct ctl *ctl, int argc, char **argv,
 			   const char *help, bool *as_json)
 {
@@ -534,17 +364,6 @@ static int parse_json_flag(struct ctl *ctl, int argc, char **argv,
 		return usage_error(help, cmd);
 	}
 	return RC_GO_ON;
-}
-
-static int cmd_sessions(struct ctl *ctl, int argc, char **argv)
-{
-	bool as_json = false;
-	int rc;
-
-	rc = parse_json_flag(ctl, argc, argv, sessions_help, &as_json);
-	if (rc != RC_GO_ON)
-		return rc;
-	return list_sessions(ctl, as_json);
 }
 
 /* ---- stats ---- */
@@ -659,7 +478,10 @@ static int cmd_stats(struct ctl *ctl, int argc, char **argv)
 struct record_args {
 	struct tally_usage u;
 	const char *response;
+	const char *prompt_file;
+	const char *completion_file;
 	bool has_input, has_output;
+	bool missing;
 	int timeout_ms;
 };
 
@@ -722,6 +544,15 @@ static int record_option(struct record_args *a, int c, const char *arg)
 	case 'e':
 		a->u.flags |= TALLY_USAGE_ESTIMATED;
 		break;
+	case 'P':
+		a->prompt_file = arg;
+		break;
+	case 'C':
+		a->completion_file = arg;
+		break;
+	case 'M':
+		a->missing = true;
+		break;
 	case 'i':
 		err = parse_number("--input", arg, TALLY_TOKENS_MAX,
 				   &a->u.input_tokens);
@@ -769,6 +600,29 @@ static int check_strings(const struct tally_usage *u)
 	return 0;
 }
 
+/* How many of the four ways of giving the counts were used. */
+static int count_sources(const struct record_args *a)
+{
+	return (a->has_input || a->has_output) + !!a->response +
+	       (a->prompt_file || a->completion_file) + a->missing;
+}
+
+static int check_text_args(const struct record_args *a)
+{
+	if (!a->u.model_type) {
+		fail("record: --prompt-file and --completion-file need "
+		     "--model, which selects how tokens are counted");
+		return -EINVAL;
+	}
+	if (a->prompt_file && a->completion_file &&
+	    strcmp(a->prompt_file, "-") == 0 &&
+	    strcmp(a->completion_file, "-") == 0) {
+		fail("record: only one of the text files may be '-'");
+		return -EINVAL;
+	}
+	return 0;
+}
+
 /* The combinations getopt_long cannot check. */
 static int check_record_args(const struct record_args *a)
 {
@@ -778,12 +632,13 @@ static int check_record_args(const struct record_args *a)
 	}
 	if (check_strings(&a->u) < 0)
 		return -EINVAL;
-	if (a->response && (a->has_input || a->has_output)) {
-		fail("record: give either --input and --output, or "
-		     "--response, not both");
+	if (count_sources(a) != 1) {
+		fail("record: give one of --input N --output N, --response "
+		     "FILE, --prompt-file F and --completion-file F, or "
+		     "--missing");
 		return -EINVAL;
 	}
-	if (!a->response && (!a->has_input || !a->has_output)) {
+	if (a->has_input != a->has_output) {
 		fail("record: give --input N and --output N, or --response "
 		     "FILE");
 		return -EINVAL;
@@ -793,11 +648,16 @@ static int check_record_args(const struct record_args *a)
 		     "response format");
 		return -EINVAL;
 	}
-	if (a->response && (a->u.flags & TALLY_USAGE_ESTIMATED)) {
-		fail("record: --estimated does not go with --response: a "
-		     "response holds the provider's own counts");
+	if ((a->response || a->missing) &&
+	    (a->u.flags & TALLY_USAGE_ESTIMATED)) {
+		fail("record: --estimated does not go with %s",
+		     a->response ? "--response: a response holds the "
+				   "provider's own counts"
+				 : "--missing: there are no counts");
 		return -EINVAL;
 	}
+	if (a->prompt_file || a->completion_file)
+		return check_text_args(a);
 	return 0;
 }
 
@@ -813,6 +673,9 @@ static int parse_record(struct ctl *ctl, int argc, char **argv,
 		{"input", required_argument, NULL, 'i'},
 		{"output", required_argument, NULL, 'o'},
 		{"response", required_argument, NULL, 'r'},
+		{"prompt-file", required_argument, NULL, 'P'},
+		{"completion-file", required_argument, NULL, 'C'},
+		{"missing", no_argument, NULL, 'M'},
 		{"estimated", no_argument, NULL, 'e'},
 		{"timeout", required_argument, NULL, 't'},
 		{"help", no_argument, NULL, 'h'},
@@ -912,6 +775,77 @@ static int read_response(const char *path, char **body, size_t *len)
 	return err;
 }
 
+/* Reads an optional text file; NULL path leaves *text NULL. */
+static int read_text(const char *path, char **text, size_t *len)
+{
+	*text = NULL;
+	*len = 0;
+	return path ? read_response(path, text, len) : 0;
+}
+
+/* Says what to do when the encoding's rank file is not installed. */
+static void rank_file_missing(const char *model)
+{
+	struct tally_estimator e;
+	char dir[4096];
+
+	if (tally_estimator_for(model, &e) < 0 ||
+	    tally_estimate_data_dir(dir, sizeof(dir)) < 0)
+		return;
+	fprintf(stderr,
+		"tallyctl: the rank file %s.tiktoken, which counts the "
+		"tokens of %s, is not installed in %s: run tools/setup, or "
+		"set TALLY_DATA_DIR to a directory that holds it\n",
+		e.name, model, dir);
+}
+
+/* Estimates and records the call; prints why when that fails. */
+static int estimate_and_record(struct tally *t, const struct record_args *a,
+			       const char *prompt, size_t plen,
+			       const char *completion, size_t clen)
+{
+	struct tally_usage u = a->u;
+	int err;
+
+	err = tally_estimate_usage(u.model_type, prompt, plen, completion, clen,
+				   &u);
+	if (err == -EILSEQ) {
+		fail("record: the text of --prompt-file or --completion-file "
+		     "is not valid UTF-8; nothing was recorded");
+		return err;
+	}
+	if (err == 0)
+		err = tally_record(t, &u);
+	if (err == -ENOENT) {
+		fail("record: rank file not installed");
+		rank_file_missing(u.model_type);
+	} else if (err < 0) {
+		fail("record: %s", tally_strerror(err));
+	} else {
+		printf("estimated: input %" PRIu64 "%s, output %" PRIu64 "%s\n",
+		       u.input_tokens, prompt ? "" : " (missing)",
+		       u.output_tokens, completion ? "" : " (missing)");
+	}
+	return err;
+}
+
+/* Records the call from its texts; a file not given is a missing side. */
+static int record_text(struct tally *t, const struct record_args *a)
+{
+	char *prompt = NULL, *completion = NULL;
+	size_t plen, clen;
+	int err;
+
+	err = read_text(a->prompt_file, &prompt, &plen);
+	if (err == 0)
+		err = read_text(a->completion_file, &completion, &clen);
+	if (err == 0)
+		err = estimate_and_record(t, a, prompt, plen, completion, clen);
+	free(prompt);
+	free(completion);
+	return err;
+}
+
 /* Records the usage; prints why when that fails. */
 static int record_one(struct tally *t, const struct record_args *a)
 {
@@ -925,6 +859,11 @@ static int record_one(struct tally *t, const struct record_args *a)
 			return err;
 		err = tally_record_response(t, &a->u, body, len);
 		free(body);
+	} else if (a->prompt_file || a->completion_file) {
+		return record_text(t, a);
+	} else if (a->missing) {
+		/* No text at all: tally_record_text marks both sides. */
+		err = tally_record_text(t, &a->u, NULL, 0, NULL, 0);
 	} else {
 		err = tally_record(t, &a->u);
 	}
@@ -999,8 +938,14 @@ static int cmd_help(struct ctl *ctl, int argc, char **argv)
 
 static const struct command commands[] = {
 	{"show", cmd_show, show_help},
-	{"sessions", cmd_sessions, sessions_help},
+	{"sessions", ctl_sessions, ctl_sessions_help},
+	{"top", ctl_top, ctl_top_help},
 	{"stats", cmd_stats, stats_help},
+	{"metrics", ctl_metrics, ctl_metrics_help},
+	{"export", ctl_export, ctl_export_help},
+	{"cost", ctl_cost, ctl_cost_help},
+	{"purge", ctl_purge, ctl_purge_help},
+	{"check", ctl_check, ctl_check_help},
 	{"record", cmd_record, record_help},
 	{"help", cmd_help, help_help},
 };
