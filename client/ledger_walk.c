@@ -152,6 +152,7 @@ struct check {
 	size_t session_len;
 	struct ledger_session sum;
 	MDB_cursor *sessions;
+	MDB_cursor *usage;
 };
 
 __attribute__((format(printf, 2, 3))) static void problem(struct check *c,
@@ -240,6 +241,30 @@ static int check_entry(const MDB_val *key, const MDB_val *val, void *ctx)
 	return 0;
 }
 
+/* A session record with no entry behind it: totals from nowhere. */
+static int check_orphan(const MDB_val *key, const MDB_val *val, void *ctx)
+{
+	struct check *c = ctx;
+	char prefix[TALLY_ID_MAX + 2];
+	MDB_val k, v;
+
+	if (key->mv_size == 0 || key->mv_size > TALLY_ID_MAX) {
+		problem(c, "a session record has a key of %zu bytes",
+			key->mv_size);
+		return 0;
+	}
+	memcpy(prefix, key->mv_data, key->mv_size);
+	prefix[key->mv_size] = '\0';
+	k.mv_size = key->mv_size + 1;
+	k.mv_data = prefix;
+	if (mdb_cursor_get(c->usage, &k, &v, MDB_SET_RANGE) != 0 ||
+	    k.mv_size <= key->mv_size ||
+	    memcmp(k.mv_data, prefix, key->mv_size + 1) != 0)
+		problem(c, "session %.*s: a session record but no entries",
+			(int)key->mv_size, (const char *)key->mv_data);
+	return 0;
+}
+
 static int check_txn(struct reader *r, MDB_txn *txn, void *ctx)
 {
 	struct check *c = ctx;
@@ -248,9 +273,17 @@ static int check_txn(struct reader *r, MDB_txn *txn, void *ctx)
 	rc = mdb_cursor_open(txn, r->sessions, &c->sessions);
 	if (rc != 0)
 		return reader_errno(rc);
+	rc = mdb_cursor_open(txn, r->usage, &c->usage);
+	if (rc != 0) {
+		mdb_cursor_close(c->sessions);
+		return reader_errno(rc);
+	}
 	rc = walk(r, txn, r->usage, check_entry, c);
 	if (rc == 0)
 		check_session(c);
+	if (rc == 0)
+		rc = walk(r, txn, r->sessions, check_orphan, c);
+	mdb_cursor_close(c->usage);
 	mdb_cursor_close(c->sessions);
 	return rc;
 }

@@ -32,9 +32,12 @@
 #define MAINTAIN_MS 50
 /*
  * Sent usages that the ledger has not moved past for this long were lost
- * (a daemon restart) and are sent again; the daemon drops any repeat.
+ * (a daemon restart) and are sent again; the daemon drops any repeat. A
+ * daemon that says it saw a gap is answered at once (see lost()); this
+ * timer only covers a lost tail, and is long because a daemon under heavy
+ * load may take a while to drain, and resending to it only adds load.
  */
-#define RESEND_AFTER_MS 500
+#define RESEND_AFTER_MS 2000
 /* Longest the daemon holds one sync request before it answers. */
 #define SYNC_WAIT_MS 100
 
@@ -793,9 +796,11 @@ static int purge_call(struct tally *t, const Tally__Request *req,
 	Tally__Reply *reply = NULL;
 	int rc = -ETIMEDOUT, left;
 
+	/* Only a lost answer is worth asking again, with the same id. */
 	while ((left = remaining_ms(deadline)) > 0) {
 		rc = control_call(t, req, left, &reply);
-		if (rc == 0)
+		if (rc == 0 ||
+		    (rc != -ETIMEDOUT && rc != -EAGAIN && rc != -EINTR))
 			break;
 		pause_ms(left < 10 ? left : 10);
 	}

@@ -338,6 +338,8 @@ int tally_stats_json(struct tally *t, int timeout_ms, char **json);
  *              not UTF-8, or there is nothing to purge (n 0, no idle_for).
  *  -ETIMEDOUT  no answer in time; the purge may still be applied later.
  *  -EBADMSG    the answer did not decode.
+ *  -EMSGSIZE   the request is over 60 KiB (or the handle's max_message):
+ *              name fewer sessions a call.
  */
 int tally_purge(struct tally *t, const char *const *session_ids, size_t n,
 		uint64_t idle_for_ms, int timeout_ms, uint64_t *purged);

@@ -147,6 +147,24 @@ static int queue_named(struct tallyd *d, const Tally__PurgeRequest *pr,
 }
 
 /*
+ * Sessions idle since before cutoff, up to PURGE_IDLE_MAX: the scan goes
+ * on to the end of the table if need be, so that an answer below the
+ * maximum means none is left.
+ */
+static uint64_t queue_idle(struct tallyd *d, uint64_t cutoff)
+{
+	char cursor[LEDGER_KEY_MAX];
+	size_t cursor_len = 0;
+	uint64_t queued = 0;
+
+	do {
+		queued += retention_queue_idle(d, cutoff, cursor, &cursor_len,
+					       PURGE_IDLE_MAX - queued);
+	} while (cursor_len != 0 && queued < PURGE_IDLE_MAX);
+	return queued;
+}
+
+/*
  * Deletes through the committer, the only writer: the sessions named are
  * dropped with what was received of them before the request; sessions
  * idle for idle_for_ms go only if still idle at the commit. Answered once
@@ -155,8 +173,6 @@ static int queue_named(struct tallyd *d, const Tally__PurgeRequest *pr,
 static void handle_purge(struct tallyd *d, void *header,
 			 const Tally__PurgeRequest *pr)
 {
-	char cursor[LEDGER_KEY_MAX];
-	size_t cursor_len = 0;
 	uint64_t purged = 0;
 	int rc;
 
@@ -175,9 +191,7 @@ static void handle_purge(struct tallyd *d, void *header,
 		return;
 	}
 	if (pr->has_idle_for_ms && pr->idle_for_ms > 0)
-		purged += retention_queue_idle(
-			d, now_ns() - pr->idle_for_ms * 1000000u, cursor,
-			&cursor_len, PURGE_IDLE_MAX);
+		purged += queue_idle(d, now_ns() - pr->idle_for_ms * 1000000u);
 	if (pr->has_request_id &&
 	    agg_remember(d->fill, &d->fill->requests, pr->request_id.data) < 0)
 		log_err("control", "out of memory remembering a purge request");
@@ -232,7 +246,7 @@ static const struct {
 };
 
 #define NSTATS (sizeof(stat_fields) / sizeof(stat_fields[0]))
-#define NINFO 10
+#define NINFO 12
 
 static void fill_info(struct tallyd *d, Tally__Stat *st)
 {
@@ -243,6 +257,7 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 		"oldest_reader_lag", "last_txnid",
 		"pending",	     "sync_waiters",
 		"uptime_ms",	     "oldest_reader_age_ms",
+		"session_ttl_ms",    "producer_ttl_ms",
 	};
 	uint64_t values[NINFO] = {0};
 
@@ -258,6 +273,8 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 	values[7] = d->nwaiters;
 	values[8] = now_ms() - d->start_ms;
 	values[9] = oldest_reader_age_ms(d);
+	values[10] = d->cfg.session_ttl_ms;
+	values[11] = d->cfg.producer_ttl_ms;
 	for (int i = 0; i < NINFO; i++) {
 		st[i].name = (char *)names[i];
 		st[i].value = values[i];

@@ -61,11 +61,15 @@ static void put_label(FILE *f, const char *s)
 	}
 }
 
+/* Counts print as integers, seconds with nanosecond digits at most. */
 static void put_metric(FILE *f, const char *name, const char *type,
 		       const char *help, double value)
 {
-	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name,
-		type, name, value);
+	fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+	if (value == (double)(uint64_t)value && value < 9007199254740992.0)
+		fprintf(f, "%s %llu\n", name, (unsigned long long)value);
+	else
+		fprintf(f, "%s %.9f\n", name, value);
 }
 
 static void put_tokens(struct tallyd *d, FILE *f)
