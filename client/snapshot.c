@@ -157,12 +157,19 @@ static int overlay(struct tally *t, uint64_t committed, const char *sid,
 	return 0;
 }
 
+/*
+ * The breakdown: OpenTelemetry GenAI's names where it has one (cache
+ * reads and writes, reasoning), tally's own otherwise.
+ */
 static void encode_details(struct jsonw *w, const struct ledger_counters *c)
 {
 	static const char *const names[] = {
-		"\"cacheReadInputTokens\":",  "\"cacheWriteInputTokens\":",
-		"\"reasoningOutputTokens\":", "\"calls\":",
-		"\"estimatedInputTokens\":",  "\"estimatedOutputTokens\":",
+		"\"gen_ai.usage.cache_read.input_tokens\":",
+		"\"gen_ai.usage.cache_creation.input_tokens\":",
+		"\"gen_ai.usage.reasoning.output_tokens\":",
+		"\"calls\":",
+		"\"estimatedInputTokens\":",
+		"\"estimatedOutputTokens\":",
 		"\"usageMissingCalls\":",
 	};
 	const uint64_t values[] = {c->cache_read, c->cache_write, c->reasoning,

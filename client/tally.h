@@ -126,7 +126,14 @@ struct tally_options {
 
 /* Flags of tally_session_json_ex(). */
 enum tally_json_flags {
-	/* Add a "details" object to each entry (cache, reasoning, calls). */
+	/*
+	 * Add a "details" object to each entry, under OpenTelemetry GenAI's
+	 * names where it has them: gen_ai.usage.cache_read.input_tokens,
+	 * gen_ai.usage.cache_creation.input_tokens and
+	 * gen_ai.usage.reasoning.output_tokens (parts of inputTokens and
+	 * outputTokens, not additions), then calls, estimatedInputTokens,
+	 * estimatedOutputTokens and usageMissingCalls.
+	 */
 	TALLY_JSON_DETAILS = 1u << 0,
 };
 

@@ -659,11 +659,12 @@ static void test_snapshot_close_waits_for_commit(void **state)
 
 /* ---- details ---- */
 
-#define DETAILS(cr, cw, rs, calls, ei, eo, miss)                            \
-	"\"details\":{\"cacheReadInputTokens\":" #cr                        \
-	",\"cacheWriteInputTokens\":" #cw ",\"reasoningOutputTokens\":" #rs \
-	",\"calls\":" #calls ",\"estimatedInputTokens\":" #ei               \
-	",\"estimatedOutputTokens\":" #eo ",\"usageMissingCalls\":" #miss "}"
+#define DETAILS(cr, cw, rs, calls, ei, eo, miss)                              \
+	"\"details\":{\"gen_ai.usage.cache_read.input_tokens\":" #cr          \
+	",\"gen_ai.usage.cache_creation.input_tokens\":" #cw                  \
+	",\"gen_ai.usage.reasoning.output_tokens\":" #rs ",\"calls\":" #calls \
+	",\"estimatedInputTokens\":" #ei ",\"estimatedOutputTokens\":" #eo    \
+	",\"usageMissingCalls\":" #miss "}"
 
 static void test_snapshot_details_counts(void **state)
 {

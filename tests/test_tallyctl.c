@@ -417,9 +417,15 @@ static void test_tallyctl_record_from_provider_response(void **state)
 	/* The fixture's numbers, as EXPECTED.md gives them. */
 	assert_int_equal(int_at(e, "usage", "inputTokens"), 5158);
 	assert_int_equal(int_at(e, "usage", "outputTokens"), 512);
-	assert_int_equal(int_at(e, "details", "cacheReadInputTokens"), 3900);
-	assert_int_equal(int_at(e, "details", "cacheWriteInputTokens"), 1200);
-	assert_int_equal(int_at(e, "details", "reasoningOutputTokens"), 300);
+	assert_int_equal(
+		int_at(e, "details", "gen_ai.usage.cache_read.input_tokens"),
+		3900);
+	assert_int_equal(int_at(e, "details",
+				"gen_ai.usage.cache_creation.input_tokens"),
+			 1200);
+	assert_int_equal(
+		int_at(e, "details", "gen_ai.usage.reasoning.output_tokens"),
+		300);
 	assert_int_equal(int_at(e, "details", "calls"), 1);
 	json_decref(root);
 	run_free(&r);

@@ -2209,8 +2209,8 @@ static void cost_row_from(struct cost_row *r, const char *llm, const json_t *e,
 		r->model = "";
 	r->input = u64_field(usage, "inputTokens");
 	r->output = u64_field(usage, "outputTokens");
-	r->cache_read = detail(e, "cacheReadInputTokens");
-	r->cache_write = detail(e, "cacheWriteInputTokens");
+	r->cache_read = detail(e, "gen_ai.usage.cache_read.input_tokens");
+	r->cache_write = detail(e, "gen_ai.usage.cache_creation.input_tokens");
 	price_row(r, find_price(pt, r->provider, r->model));
 }
 

@@ -36,9 +36,9 @@ export interface LLMUsage {
 
 /** The breakdown given with `{ details: true }`. */
 export interface LLMUsageDetails {
-	cacheReadInputTokens: TokenCount;
-	cacheWriteInputTokens: TokenCount;
-	reasoningOutputTokens: TokenCount;
+	'gen_ai.usage.cache_read.input_tokens': TokenCount;
+	'gen_ai.usage.cache_creation.input_tokens': TokenCount;
+	'gen_ai.usage.reasoning.output_tokens': TokenCount;
 	calls: TokenCount;
 	/** The part of inputTokens estimated from text. */
 	estimatedInputTokens: TokenCount;

@@ -93,9 +93,9 @@ describe('getLLMTokenUsageForSession', () => {
 		assert.deepStrictEqual(got[CHAT].usage, { inputTokens: 1050,
 							  outputTokens: 320 });
 		assert.deepStrictEqual(got[CHAT].details, {
-			cacheReadInputTokens: 600,
-			cacheWriteInputTokens: 100,
-			reasoningOutputTokens: 200,
+			'gen_ai.usage.cache_read.input_tokens': 600,
+			'gen_ai.usage.cache_creation.input_tokens': 100,
+			'gen_ai.usage.reasoning.output_tokens': 200,
 			calls: 2,
 			estimatedInputTokens: 50,
 			estimatedOutputTokens: 20,
@@ -167,7 +167,7 @@ describe('getLLMTokenUsageForSession', () => {
 		const got = h.getLLMTokenUsageForSession(sid,
 							 { details: true });
 		assert.equal(got.claude.usage.outputTokens, 7);
-		assert.equal(got.claude.details.cacheReadInputTokens, 100);
+		assert.equal(got.claude.details['gen_ai.usage.cache_read.input_tokens'], 100);
 		assert.equal(got.claude.usage.inputTokens, 125);
 	});
 
@@ -184,7 +184,7 @@ describe('getLLMTokenUsageForSession', () => {
 		// The last chunk's usage (tests/fixtures/providers/EXPECTED.md).
 		assert.deepStrictEqual(got[CHAT].usage, { inputTokens: 1250,
 							  outputTokens: 310 });
-		assert.equal(got[CHAT].details.cacheReadInputTokens, 1024);
-		assert.equal(got[CHAT].details.reasoningOutputTokens, 192);
+		assert.equal(got[CHAT].details['gen_ai.usage.cache_read.input_tokens'], 1024);
+		assert.equal(got[CHAT].details['gen_ai.usage.reasoning.output_tokens'], 192);
 	});
 });
