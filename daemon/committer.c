@@ -1,8 +1,10 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -51,6 +53,24 @@ static void note_commit(struct tallyd *d, struct agg *a, uint64_t ns,
 	STAT_ADD(d, dead_readers, st->dead_readers);
 }
 
+/*
+ * LMDB reports a short write on a full disk as EIO; the free space says
+ * what an operator needs to know.
+ */
+static const char *space_left(struct tallyd *d)
+{
+	static _Thread_local char text[128];
+	struct statvfs st;
+
+	if (statvfs(d->paths.dir, &st) < 0)
+		return "free space unknown";
+	snprintf(text, sizeof(text),
+		 "%llu bytes free on the ledger's filesystem%s",
+		 (unsigned long long)st.f_bavail * st.f_frsize,
+		 st.f_bavail == 0 ? " (full)" : "");
+	return text;
+}
+
 static int commit_with_retry(struct tallyd *d, struct agg *a)
 {
 	struct committer *c = &d->committer;
@@ -75,9 +95,9 @@ static int commit_with_retry(struct tallyd *d, struct agg *a)
 		}
 		STAT_ADD(d, commit_failures, 1);
 		log_err("commit",
-			"commit of %zu usages failed (attempt %u): "
-			"%s; kept and retried in %u ms",
-			a->usages, attempt, strerror(-rc), backoff);
+			"commit of %zu usages failed (attempt %u): %s; %s; kept and retried in %u ms",
+			a->usages, attempt, strerror(-rc), space_left(d),
+			backoff);
 		if (stop_requested(c)) {
 			if (stop_deadline == 0)
 				stop_deadline = now_ms() + STOP_RETRY_MS;

@@ -20,6 +20,12 @@
 #define RETENTION_MS 10000
 /* How long a stopping daemon waits for its last commit. */
 #define STOP_COMMIT_MS 1800
+/*
+ * Of that, how long it keeps taking what clients still send: under load
+ * the socket never empties, and whatever it leaves is resent by its
+ * clients to the next daemon, so the commit gets the rest of the time.
+ */
+#define STOP_DRAIN_MS 250
 
 enum { FD_SIGNAL, FD_INGEST, FD_CONTROL, FD_COMMIT, NFDS };
 
@@ -191,9 +197,10 @@ static bool wait_commit(struct tallyd *d, uint64_t deadline)
 static int shutdown_commit(struct tallyd *d)
 {
 	uint64_t deadline = now_ms() + STOP_COMMIT_MS;
+	uint64_t drain_deadline = now_ms() + STOP_DRAIN_MS;
 	int rc = 0;
 
-	while (ingest_drain(d, DRAIN_BATCH) > 0 && now_ms() < deadline)
+	while (now_ms() < drain_deadline && ingest_drain(d, DRAIN_BATCH) > 0)
 		if (d->fill->usages >= d->cfg.max_pending &&
 		    wait_commit(d, deadline))
 			committer_kick(d);
