@@ -66,7 +66,6 @@ int reader_begin(struct reader *r, MDB_txn **txn);
 void reader_end(struct reader *r, MDB_txn *txn);
 int reader_producer_seq(struct reader *r, MDB_txn *txn, const uint8_t *id,
 			uint64_t *seq);
-int reader_errno(int mdb_rc);
 
 struct tally {
 	pthread_mutex_t lock;

@@ -75,12 +75,12 @@ static int walk(struct reader *r, MDB_txn *txn, MDB_dbi dbi, walk_fn fn,
 
 	rc = mdb_cursor_open(txn, dbi, &cur);
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	while ((rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) == 0)
 		if ((rc = fn(&key, &val, ctx)) != 0)
 			break;
 	mdb_cursor_close(cur);
-	return rc == MDB_NOTFOUND ? 0 : rc > 0 ? reader_errno(rc) : rc;
+	return rc == MDB_NOTFOUND ? 0 : rc > 0 ? ledger_errno(rc) : rc;
 }
 
 struct foreach_ctx {
@@ -272,11 +272,11 @@ static int check_txn(struct reader *r, MDB_txn *txn, void *ctx)
 
 	rc = mdb_cursor_open(txn, r->sessions, &c->sessions);
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	rc = mdb_cursor_open(txn, r->usage, &c->usage);
 	if (rc != 0) {
 		mdb_cursor_close(c->sessions);
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	}
 	rc = walk(r, txn, r->usage, check_entry, c);
 	if (rc == 0)

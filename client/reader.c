@@ -18,27 +18,6 @@
 static pthread_mutex_t readers_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct reader *readers;
 
-int reader_errno(int rc)
-{
-	switch (rc) {
-	case MDB_SUCCESS:
-		return 0;
-	case MDB_NOTFOUND:
-		return -ENOENT;
-	case MDB_READERS_FULL:
-		return -EAGAIN;
-	case MDB_VERSION_MISMATCH:
-	case MDB_INVALID:
-		return TALLY_EVERSION;
-	case MDB_CORRUPTED:
-	case MDB_PAGE_NOTFOUND:
-	case MDB_BAD_VALSIZE:
-		return TALLY_ECORRUPT;
-	default:
-		return rc > 0 ? -rc : -EIO;
-	}
-}
-
 static int open_dbis(struct reader *r)
 {
 	MDB_txn *txn;
@@ -46,16 +25,16 @@ static int open_dbis(struct reader *r)
 
 	rc = mdb_txn_begin(r->env, NULL, MDB_RDONLY, &txn);
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	if ((rc = mdb_dbi_open(txn, LEDGER_DB_USAGE, 0, &r->usage)) ||
 	    (rc = mdb_dbi_open(txn, LEDGER_DB_SESSIONS, 0, &r->sessions)) ||
 	    (rc = mdb_dbi_open(txn, LEDGER_DB_PRODUCERS, 0, &r->producers))) {
 		mdb_txn_abort(txn);
 		/* A ledger without our databases is not ours. */
-		return rc == MDB_NOTFOUND ? TALLY_EVERSION : reader_errno(rc);
+		return rc == MDB_NOTFOUND ? TALLY_EVERSION : ledger_errno(rc);
 	}
 	/* Committing, not aborting, keeps the handles for later txns. */
-	return reader_errno(mdb_txn_commit(txn));
+	return ledger_errno(mdb_txn_commit(txn));
 }
 
 static int reader_open(const char *path, struct reader **out)
@@ -69,7 +48,7 @@ static int reader_open(const char *path, struct reader **out)
 		rc = -errno;
 		goto fail;
 	}
-	rc = reader_errno(mdb_env_create(&r->env));
+	rc = ledger_errno(mdb_env_create(&r->env));
 	if (rc < 0)
 		goto fail;
 	mdb_env_set_maxdbs(r->env, 8);
@@ -79,7 +58,7 @@ static int reader_open(const char *path, struct reader **out)
 	if (rc == 0)
 		rc = open_dbis(r);
 	else
-		rc = reader_errno(rc);
+		rc = ledger_errno(rc);
 	if (rc < 0)
 		goto fail_env;
 	pthread_rwlock_init(&r->resize, NULL);
@@ -176,7 +155,7 @@ int reader_begin(struct reader *r, MDB_txn **txn)
 			break;
 		}
 	}
-	return reader_errno(rc);
+	return ledger_errno(rc);
 }
 
 void reader_end(struct reader *r, MDB_txn *txn)
@@ -197,7 +176,7 @@ int reader_producer_seq(struct reader *r, MDB_txn *txn, const uint8_t *id,
 	if (rc == MDB_NOTFOUND)
 		return 0;
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	rc = ledger_producer_decode(&val, &p);
 	if (rc == 0)
 		*seq = p.seq;

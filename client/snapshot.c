@@ -66,7 +66,7 @@ static int read_rows(struct reader *r, MDB_txn *txn, const char *sid,
 	prefix[sid_len] = '\0';
 	rc = mdb_cursor_open(txn, r->usage, &cur);
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
 	while (rc == 0 && key.mv_size > sid_len &&
 	       memcmp(key.mv_data, prefix, sid_len + 1) == 0) {
@@ -83,7 +83,7 @@ static int read_rows(struct reader *r, MDB_txn *txn, const char *sid,
 	mdb_cursor_close(cur);
 	if (rc == MDB_NOTFOUND || rc == 0)
 		return 0;
-	return rc > 0 ? reader_errno(rc) : rc;
+	return rc > 0 ? ledger_errno(rc) : rc;
 }
 
 static struct row *find_row(struct rows *rs, const char *llm, size_t len)
@@ -321,7 +321,7 @@ static int list_sessions(struct reader *r, MDB_txn *txn, struct jsonw *w)
 
 	rc = mdb_cursor_open(txn, r->sessions, &cur);
 	if (rc != 0)
-		return reader_errno(rc);
+		return ledger_errno(rc);
 	jsonw_raw(w, "[", 1);
 	while ((rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT)) == 0) {
 		if ((rc = ledger_session_decode(&val, &s)) < 0)
@@ -335,7 +335,7 @@ static int list_sessions(struct reader *r, MDB_txn *txn, struct jsonw *w)
 	mdb_cursor_close(cur);
 	if (rc == MDB_NOTFOUND)
 		return 0;
-	return rc > 0 ? reader_errno(rc) : rc;
+	return rc > 0 ? ledger_errno(rc) : rc;
 }
 
 int tally_sessions_json(struct tally *t, char **json)

@@ -135,3 +135,26 @@ int ledger_counters_add(struct ledger_counters *a,
 	memcpy(a, x, sizeof(x));
 	return 0;
 }
+
+int ledger_errno(int rc)
+{
+	switch (rc) {
+	case MDB_SUCCESS:
+		return 0;
+	case MDB_NOTFOUND:
+		return -ENOENT;
+	case MDB_MAP_FULL:
+		return -ENOSPC;
+	case MDB_READERS_FULL:
+		return -EAGAIN;
+	case MDB_VERSION_MISMATCH:
+	case MDB_INVALID:
+		return TALLY_EVERSION;
+	case MDB_CORRUPTED:
+	case MDB_PAGE_NOTFOUND:
+	case MDB_BAD_VALSIZE:
+		return TALLY_ECORRUPT;
+	default:
+		return rc > 0 ? -rc : -EIO;
+	}
+}

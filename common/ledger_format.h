@@ -95,6 +95,14 @@ int ledger_session_decode(const MDB_val *v, struct ledger_session *s);
 void ledger_producer_encode(const struct ledger_producer *p, void *dst);
 int ledger_producer_decode(const MDB_val *v, struct ledger_producer *p);
 
+/*
+ * ledger_errno() - an LMDB return code as 0 or a negative errno: the one
+ * place, for the daemon and the library alike, where MDB_* codes end.
+ * MDB_NOTFOUND is -ENOENT, a full map -ENOSPC, a full reader table
+ * -EAGAIN, a foreign file TALLY_EVERSION, a damaged one TALLY_ECORRUPT.
+ */
+int ledger_errno(int mdb_rc);
+
 /* Adds b to a; -EOVERFLOW, leaving a unchanged, if any sum would wrap. */
 int ledger_counters_add(struct ledger_counters *a,
 			const struct ledger_counters *b);

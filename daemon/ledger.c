@@ -12,29 +12,6 @@
 /* The map doubles up to this step, then grows by it. */
 #define GROW_STEP ((size_t)1 << 30)
 
-int ledger_errno(int rc)
-{
-	switch (rc) {
-	case MDB_SUCCESS:
-		return 0;
-	case MDB_NOTFOUND:
-		return -ENOENT;
-	case MDB_MAP_FULL:
-		return -ENOSPC;
-	case MDB_READERS_FULL:
-		return -EAGAIN;
-	case MDB_VERSION_MISMATCH:
-	case MDB_INVALID:
-		return TALLY_EVERSION;
-	case MDB_CORRUPTED:
-	case MDB_PAGE_NOTFOUND:
-	case MDB_BAD_VALSIZE:
-		return TALLY_ECORRUPT;
-	default:
-		return rc > 0 ? -rc : -EIO;
-	}
-}
-
 static int open_dbs(struct ledger *l)
 {
 	MDB_txn *txn;

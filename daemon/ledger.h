@@ -94,7 +94,5 @@ int ledger_reader_check(struct ledger *l);
 
 int ledger_info(struct ledger *l, struct ledger_info *info);
 
-/* Translates an LMDB return code into 0 or a negative errno. */
-int ledger_errno(int mdb_rc);
 
 #endif

@@ -215,7 +215,7 @@ const char ctl_metrics_help[] =
 
 /* ---- what every command needs ---- */
 
-__attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) void ctl_fail(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -233,25 +233,29 @@ static int print_help(const char *text)
 }
 
 /* The synopsis of a help text (up to its blank line), and where the rest is. */
-static int usage_error(const char *help, const char *cmd)
+int ctl_usage_error(const char *help, const char *cmd)
 {
 	const char *end = strstr(help, "\n\n");
 
 	fprintf(stderr, "%.*s\n", end ? (int)(end - help) : (int)strlen(help),
 		help);
-	fprintf(stderr, "Run 'tallyctl help %s' for the details.\n", cmd);
+	if (cmd != NULL)
+		fprintf(stderr, "Run 'tallyctl help %s' for the details.\n",
+			cmd);
+	else
+		fputs("Run 'tallyctl --help' for the details.\n", stderr);
 	return RC_USAGE;
 }
 
 /* getopt_long afresh on a command's argv, naming "tallyctl COMMAND". */
-static void begin_options(struct ctl *ctl, char **argv)
+void ctl_begin_options(struct ctl *ctl, char **argv)
 {
 	snprintf(ctl->prog, sizeof(ctl->prog), "tallyctl %s", argv[0]);
 	argv[0] = ctl->prog;
 	optind = 0;
 }
 
-static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
+int ctl_open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
 {
 	/* Nothing here records: closing has nothing to wait for. */
 	struct tally_options opts = {.close_timeout_ms = -1};
@@ -260,9 +264,10 @@ static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
 	if (!ctl->dir) {
 		err = tally_default_dir(ctl->dir_buf, sizeof(ctl->dir_buf));
 		if (err < 0) {
-			fail("no ledger directory: %s; pass --dir DIR or set "
-			     "TALLY_DIR",
-			     tally_strerror(err));
+			ctl_fail(
+				"no ledger directory: %s; pass --dir DIR or set "
+				"TALLY_DIR",
+				tally_strerror(err));
 			return err;
 		}
 		ctl->dir = ctl->dir_buf;
@@ -270,15 +275,15 @@ static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
 	opts.dir = ctl->dir;
 	err = tally_open_ex(t, &opts);
 	if (err < 0)
-		fail("%s: cannot open %s: %s", cmd, ctl->dir,
-		     tally_strerror(err));
+		ctl_fail("%s: cannot open %s: %s", cmd, ctl->dir,
+			 tally_strerror(err));
 	return err;
 }
 
 /* A failed read of the ledger, with what to do about it. */
-static void read_failed(const struct ctl *ctl, const char *cmd, int err)
+void ctl_read_failed(const struct ctl *ctl, const char *cmd, int err)
 {
-	fail("%s: %s", cmd, tally_strerror(err));
+	ctl_fail("%s: %s", cmd, tally_strerror(err));
 	if (err == -ENOENT)
 		fprintf(stderr,
 			"tallyctl: there is no ledger in %s yet: start "
@@ -300,23 +305,23 @@ static void ask_failed(const struct ctl *ctl, const char *cmd, int err,
 		       int timeout_ms)
 {
 	if (err == -ETIMEDOUT)
-		fail("%s: tallyd did not answer on %s within %d ms: is it "
-		     "running there? (start it with tallyd --dir %s)",
-		     cmd, ctl->dir, timeout_ms, ctl->dir);
+		ctl_fail("%s: tallyd did not answer on %s within %d ms: is it "
+			 "running there? (start it with tallyd --dir %s)",
+			 cmd, ctl->dir, timeout_ms, ctl->dir);
 	else
-		fail("%s: %s", cmd, tally_strerror(err));
+		ctl_fail("%s: %s", cmd, tally_strerror(err));
 }
 
-static json_t *load_json(const char *cmd, const char *text)
+json_t *ctl_load_json(const char *cmd, const char *text)
 {
 	json_error_t jerr;
 	json_t *root;
 
 	root = json_loads(text, JSON_DECODE_ANY, &jerr);
 	if (!root)
-		fail("%s: libtally returned JSON that does not parse "
-		     "(line %d: %s)",
-		     cmd, jerr.line, jerr.text);
+		ctl_fail("%s: libtally returned JSON that does not parse "
+			 "(line %d: %s)",
+			 cmd, jerr.line, jerr.text);
 	return root;
 }
 
@@ -330,15 +335,15 @@ static int parse_bare(struct ctl *ctl, int argc, char **argv, const char *help)
 	const char *cmd = argv[0];
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(help);
-		return usage_error(help, cmd);
+		return ctl_usage_error(help, cmd);
 	}
 	if (optind < argc) {
-		fail("%s: takes no arguments, got '%s'", cmd, argv[optind]);
-		return usage_error(help, cmd);
+		ctl_fail("%s: takes no arguments, got '%s'", cmd, argv[optind]);
+		return ctl_usage_error(help, cmd);
 	}
 	return RC_GO_ON;
 }
@@ -356,9 +361,9 @@ static int parse_count(const char *cmd, const char *opt, const char *s,
 	errno = 0;
 	v = *s >= '0' && *s <= '9' ? strtoull(s, &end, 10) : 0;
 	if (*s < '0' || *s > '9' || errno || *end || v < min || v > max) {
-		fail("%s: %s expects a whole number from %" PRIu64
-		     " to %" PRIu64 ", not '%s'",
-		     cmd, opt, min, max, s);
+		ctl_fail("%s: %s expects a whole number from %" PRIu64
+			 " to %" PRIu64 ", not '%s'",
+			 cmd, opt, min, max, s);
 		return -EINVAL;
 	}
 	*out = v;
@@ -389,9 +394,9 @@ static int parse_duration(const char *cmd, const char *opt, const char *s,
 			return 0;
 		}
 	}
-	fail("%s: %s expects a duration, a number with ms, s, m, h or d "
-	     "(500ms, 90s, 2h, 7d), not '%s'",
-	     cmd, opt, s);
+	ctl_fail("%s: %s expects a duration, a number with ms, s, m, h or d "
+		 "(500ms, 90s, 2h, 7d), not '%s'",
+		 cmd, opt, s);
 	return -EINVAL;
 }
 
@@ -435,7 +440,7 @@ static void format_time(uint64_t ms, char *buf, size_t len)
 }
 
 /* Columns count characters, not bytes: ids are UTF-8. */
-static int text_width(const char *s)
+int ctl_text_width(const char *s)
 {
 	int w = 0;
 
@@ -447,7 +452,7 @@ static int text_width(const char *s)
 /* A control character in an id would break a table's lines. */
 static void put_cell(FILE *f, const char *s, int width)
 {
-	int w = text_width(s);
+	int w = ctl_text_width(s);
 
 	for (; *s; s++)
 		fputc((unsigned char)*s < 0x20 || *s == 0x7f ? '?' : *s, f);
@@ -603,8 +608,8 @@ static void print_session_table(const struct session_row *rows, size_t n)
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		if (text_width(rows[i].id) > wid)
-			wid = text_width(rows[i].id);
+		if (ctl_text_width(rows[i].id) > wid)
+			wid = ctl_text_width(rows[i].id);
 		if (num_width(rows[i].input) > win)
 			win = num_width(rows[i].input);
 		if (num_width(rows[i].output) > wout)
@@ -650,7 +655,7 @@ static int show_sessions(const json_t *arr, const struct sessions_args *a,
 	int rc = RC_OK;
 
 	if (!rows) {
-		fail("sessions: %s", strerror(ENOMEM));
+		ctl_fail("sessions: %s", strerror(ENOMEM));
 		return RC_FAIL;
 	}
 	n = filter_rows(arr, a, set, rows);
@@ -674,20 +679,21 @@ static int list_sessions(struct ctl *ctl, const struct sessions_args *a)
 	int rc = RC_FAIL;
 	int err;
 
-	if (open_handle(ctl, "sessions", &t) < 0)
+	if (ctl_open_handle(ctl, "sessions", &t) < 0)
 		return RC_FAIL;
 	err = tally_sessions_json(t, &text);
 	if (err == 0 && (a->provider || a->model))
 		err = tally_foreach_entry(t, collect_match, &set);
 	if (err < 0) {
-		read_failed(ctl, "sessions", err);
+		ctl_read_failed(ctl, "sessions", err);
 		goto out;
 	}
 	if (set.n > 0)
 		qsort(set.ids, set.n, sizeof(char *), id_cmp);
-	arr = load_json("sessions", text);
+	arr = ctl_load_json("sessions", text);
 	if (arr && !json_is_array(arr))
-		fail("sessions: libtally returned JSON that is not an array");
+		ctl_fail(
+			"sessions: libtally returned JSON that is not an array");
 	else if (arr)
 		rc = show_sessions(arr, a, &set);
 out:
@@ -706,9 +712,9 @@ static int sessions_option(struct sessions_args *a, int c, const char *arg)
 		return 0;
 	case 'o':
 		if (strcmp(arg, "last") != 0 && strcmp(arg, "tokens") != 0) {
-			fail("sessions: --sort is 'last' or 'tokens', not "
-			     "'%s'",
-			     arg);
+			ctl_fail("sessions: --sort is 'last' or 'tokens', not "
+				 "'%s'",
+				 arg);
 			return -EINVAL;
 		}
 		a->by_tokens = strcmp(arg, "tokens") == 0;
@@ -744,18 +750,19 @@ int ctl_sessions(struct ctl *ctl, int argc, char **argv)
 	struct sessions_args a = {0};
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(ctl_sessions_help);
 		if (c == '?')
-			return usage_error(ctl_sessions_help, "sessions");
+			return ctl_usage_error(ctl_sessions_help, "sessions");
 		if (sessions_option(&a, c, optarg) < 0)
 			return RC_USAGE;
 	}
 	if (optind < argc) {
-		fail("sessions: takes no arguments, got '%s'", argv[optind]);
-		return usage_error(ctl_sessions_help, "sessions");
+		ctl_fail("sessions: takes no arguments, got '%s'",
+			 argv[optind]);
+		return ctl_usage_error(ctl_sessions_help, "sessions");
 	}
 	return list_sessions(ctl, &a);
 }
@@ -1038,7 +1045,7 @@ static int widest(const struct busy *rows, size_t n, int min, bool name)
 	int w = min;
 
 	for (size_t i = 0; i < n; i++) {
-		int rw = text_width(name ? rows[i].name : rows[i].id);
+		int rw = ctl_text_width(name ? rows[i].name : rows[i].id);
 
 		if (rw > w)
 			w = rw;
@@ -1385,14 +1392,14 @@ static int top_run(struct ctl *ctl, const struct top_args *a)
 
 	tp.prev = &tp.snaps[0];
 	tp.cur = &tp.snaps[1];
-	if (open_handle(ctl, "top", &tp.t) < 0)
+	if (ctl_open_handle(ctl, "top", &tp.t) < 0)
 		return RC_FAIL;
 	/* A ledger that cannot be read fails before the screen changes. */
 	err = snap_take(tp.t, tp.prev);
 	if (err == 0)
 		err = isatty(STDOUT_FILENO) ? top_live(&tp) : top_plain(&tp);
 	if (err < 0)
-		read_failed(ctl, "top", err);
+		ctl_read_failed(ctl, "top", err);
 	interval_fini(&tp.iv);
 	snap_fini(&tp.snaps[0]);
 	snap_fini(&tp.snaps[1]);
@@ -1422,9 +1429,10 @@ static int parse_interval(const char *s, uint64_t *ms)
 		}
 	*ms = whole * 1000 + frac;
 	if (p == s || *p != '\0' || *ms < 100 || *ms > 3600000) {
-		fail("top: --interval expects seconds from 0.1 to 3600, with "
-		     "at most 3 decimals, not '%s'",
-		     s);
+		ctl_fail(
+			"top: --interval expects seconds from 0.1 to 3600, with "
+			"at most 3 decimals, not '%s'",
+			s);
 		return -EINVAL;
 	}
 	return 0;
@@ -1442,7 +1450,7 @@ int ctl_top(struct ctl *ctl, int argc, char **argv)
 	struct top_args a = {.interval_ms = 1000, .limit = 10};
 	int c, err = 0;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(ctl_top_help);
@@ -1455,13 +1463,13 @@ int ctl_top(struct ctl *ctl, int argc, char **argv)
 			err = parse_count("top", "--iterations", optarg, 1,
 					  UINT32_MAX, &a.iterations);
 		else
-			return usage_error(ctl_top_help, "top");
+			return ctl_usage_error(ctl_top_help, "top");
 		if (err < 0)
 			return RC_USAGE;
 	}
 	if (optind < argc) {
-		fail("top: takes no arguments, got '%s'", argv[optind]);
-		return usage_error(ctl_top_help, "top");
+		ctl_fail("top: takes no arguments, got '%s'", argv[optind]);
+		return ctl_usage_error(ctl_top_help, "top");
 	}
 	return top_run(ctl, &a);
 }
@@ -1641,7 +1649,7 @@ static int export_rows(struct ctl *ctl, struct export *x)
 	struct tally *t = NULL;
 	int err;
 
-	if (open_handle(ctl, "export", &t) < 0)
+	if (ctl_open_handle(ctl, "export", &t) < 0)
 		return RC_FAIL;
 	x->progress = isatty(STDERR_FILENO);
 	err = tally_foreach_entry(t, export_one, x);
@@ -1650,11 +1658,12 @@ static int export_rows(struct ctl *ctl, struct export *x)
 	show_progress(x, true);
 	tally_close(t);
 	if (err == -EIO && ferror(stdout)) {
-		fail("export: cannot write the output: %s", strerror(errno));
+		ctl_fail("export: cannot write the output: %s",
+			 strerror(errno));
 		return RC_FAIL;
 	}
 	if (err < 0) {
-		read_failed(ctl, "export", err);
+		ctl_read_failed(ctl, "export", err);
 		return RC_FAIL;
 	}
 	return RC_OK;
@@ -1672,7 +1681,7 @@ int ctl_export(struct ctl *ctl, int argc, char **argv)
 	uint64_t since, now = wall_ms();
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(ctl_export_help);
@@ -1680,8 +1689,8 @@ int ctl_export(struct ctl *ctl, int argc, char **argv)
 				 strcmp(optarg, "csv") == 0)) {
 			x.csv = strcmp(optarg, "csv") == 0;
 		} else if (c == 'f') {
-			fail("export: --format is ndjson or csv, not '%s'",
-			     optarg);
+			ctl_fail("export: --format is ndjson or csv, not '%s'",
+				 optarg);
 			return RC_USAGE;
 		} else if (c == 's') {
 			if (parse_duration("export", "--since", optarg,
@@ -1689,12 +1698,12 @@ int ctl_export(struct ctl *ctl, int argc, char **argv)
 				return RC_USAGE;
 			x.cutoff_ms = since < now ? now - since : 0;
 		} else {
-			return usage_error(ctl_export_help, "export");
+			return ctl_usage_error(ctl_export_help, "export");
 		}
 	}
 	if (optind < argc) {
-		fail("export: takes no arguments, got '%s'", argv[optind]);
-		return usage_error(ctl_export_help, "export");
+		ctl_fail("export: takes no arguments, got '%s'", argv[optind]);
+		return ctl_usage_error(ctl_export_help, "export");
 	}
 	return export_rows(ctl, &x);
 }
@@ -1777,7 +1786,7 @@ static int purge_sessions(struct ctl *ctl, const struct purge_args *a)
 	uint64_t total = 0;
 	int err = 0;
 
-	if (open_handle(ctl, "purge", &t) < 0)
+	if (ctl_open_handle(ctl, "purge", &t) < 0)
 		return RC_FAIL;
 	if (a->nids > 0)
 		err = purge_named(t, a, &total);
@@ -1792,10 +1801,10 @@ static int purge_sessions(struct ctl *ctl, const struct purge_args *a)
 			total ? "" : " (nothing was confirmed purged)");
 	} else if (err == -EINVAL && total == 0) {
 		/* The ids' lengths were checked: one is not UTF-8. */
-		fail("purge: refused: a session id is not valid UTF-8");
+		ctl_fail("purge: refused: a session id is not valid UTF-8");
 		return RC_USAGE;
 	} else if (err < 0) {
-		fail("purge: tallyd refused: %s", tally_strerror(err));
+		ctl_fail("purge: tallyd refused: %s", tally_strerror(err));
 	}
 	if (err < 0 && total == 0)
 		return RC_FAIL;
@@ -1808,9 +1817,9 @@ static int check_ids(char **ids, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		if (!*ids[i] || strlen(ids[i]) > TALLY_ID_MAX) {
-			fail("purge: a session id has 1 to %d bytes, not "
-			     "'%.40s'",
-			     TALLY_ID_MAX, ids[i]);
+			ctl_fail("purge: a session id has 1 to %d bytes, not "
+				 "'%.40s'",
+				 TALLY_ID_MAX, ids[i]);
 			return -EINVAL;
 		}
 	}
@@ -1828,7 +1837,7 @@ int ctl_purge(struct ctl *ctl, int argc, char **argv)
 	struct purge_args a = {.timeout_ms = 30000};
 	int c, err = 0;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(ctl_purge_help);
@@ -1839,16 +1848,17 @@ int ctl_purge(struct ctl *ctl, int argc, char **argv)
 			err = parse_count("purge", "--timeout", optarg, 1,
 					  INT_MAX, &a.timeout_ms);
 		else
-			return usage_error(ctl_purge_help, "purge");
+			return ctl_usage_error(ctl_purge_help, "purge");
 		if (err < 0)
 			return RC_USAGE;
 	}
 	a.ids = argv + optind;
 	a.nids = (size_t)(argc - optind);
 	if (a.nids == 0 && a.idle_ms == 0) {
-		fail("purge: name the sessions to purge, or give --idle-for "
-		     "with a duration above 0");
-		return usage_error(ctl_purge_help, "purge");
+		ctl_fail(
+			"purge: name the sessions to purge, or give --idle-for "
+			"with a duration above 0");
+		return ctl_usage_error(ctl_purge_help, "purge");
 	}
 	if (check_ids(a.ids, a.nids) < 0)
 		return RC_USAGE;
@@ -1878,11 +1888,11 @@ static int report_problems(const struct ctl *ctl, int problems,
 			   const char *report)
 {
 	fputs(report ? report : "", stdout);
-	fail("check: %d %s in the ledger in %s. Keep a copy of ledger.mdb "
-	     "(mdb_copy), then purge the sessions named (tallyctl purge "
-	     "SESSION...) or restore a backup.",
-	     problems, plural((uint64_t)problems, "problem", "problems"),
-	     ctl->dir);
+	ctl_fail("check: %d %s in the ledger in %s. Keep a copy of ledger.mdb "
+		 "(mdb_copy), then purge the sessions named (tallyctl purge "
+		 "SESSION...) or restore a backup.",
+		 problems, plural((uint64_t)problems, "problem", "problems"),
+		 ctl->dir);
 	return RC_FAIL;
 }
 
@@ -1894,7 +1904,7 @@ static int check_ledger(struct ctl *ctl)
 	int rc = RC_FAIL;
 	int err;
 
-	if (open_handle(ctl, "check", &t) < 0)
+	if (ctl_open_handle(ctl, "check", &t) < 0)
 		return RC_FAIL;
 	err = tally_check(t, &report);
 	if (err > 0) {
@@ -1904,7 +1914,7 @@ static int check_ledger(struct ctl *ctl)
 	if (err == 0)
 		err = tally_foreach_entry(t, count_entry, &census);
 	if (err < 0) {
-		read_failed(ctl, "check", err);
+		ctl_read_failed(ctl, "check", err);
 		goto out;
 	}
 	printf("ledger consistent: %" PRIu64 " %s, %" PRIu64 " %s\n",
@@ -1932,7 +1942,7 @@ static int print_metrics(struct ctl *ctl)
 	char *text = NULL;
 	int err;
 
-	if (open_handle(ctl, "metrics", &t) < 0)
+	if (ctl_open_handle(ctl, "metrics", &t) < 0)
 		return RC_FAIL;
 	err = tally_metrics_text(t, ANSWER_MS, &text);
 	tally_close(t);
@@ -2102,22 +2112,22 @@ static int read_table_top(struct price_table *pt)
 
 	if (!json_is_object(pt->root) ||
 	    !json_is_array(json_object_get(pt->root, "prices"))) {
-		fail("cost: %s: the price table is an object with a "
-		     "\"prices\" array (see tallyctl cost --help)",
-		     pt->path);
+		ctl_fail("cost: %s: the price table is an object with a "
+			 "\"prices\" array (see tallyctl cost --help)",
+			 pt->path);
 		return -EINVAL;
 	}
 	json_object_foreach(pt->root, key, v)
 	{
 		if (!known_key(key, keys, sizeof(keys) / sizeof(keys[0]))) {
-			fail("cost: %s: unknown key \"%s\"", pt->path, key);
+			ctl_fail("cost: %s: unknown key \"%s\"", pt->path, key);
 			return -EINVAL;
 		}
 	}
 	cur = json_object_get(pt->root, "currency");
 	pt->currency = cur ? json_string_value(cur) : "USD";
 	if (!pt->currency) {
-		fail("cost: %s: \"currency\" is a string", pt->path);
+		ctl_fail("cost: %s: \"currency\" is a string", pt->path);
 		return -EINVAL;
 	}
 	return 0;
@@ -2132,8 +2142,8 @@ static int load_prices(struct price_table *pt, const char *path)
 	pt->path = path;
 	pt->root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
 	if (!pt->root) {
-		fail("cost: cannot read the price table %s: %s (line %d)", path,
-		     jerr.text, jerr.line);
+		ctl_fail("cost: cannot read the price table %s: %s (line %d)",
+			 path, jerr.text, jerr.line);
 		return -EINVAL;
 	}
 	if ((err = read_table_top(pt)) < 0)
@@ -2252,12 +2262,12 @@ static void measure_costs(const struct cost_row *rows, size_t n, int decimals,
 		const uint64_t nums[] = {rows[i].input, rows[i].cache_read,
 					 rows[i].cache_write, rows[i].output};
 
-		if (text_width(rows[i].name) > w->name)
-			w->name = text_width(rows[i].name);
-		if (text_width(rows[i].provider) > w->provider)
-			w->provider = text_width(rows[i].provider);
-		if (text_width(rows[i].model) > w->model)
-			w->model = text_width(rows[i].model);
+		if (ctl_text_width(rows[i].name) > w->name)
+			w->name = ctl_text_width(rows[i].name);
+		if (ctl_text_width(rows[i].provider) > w->provider)
+			w->provider = ctl_text_width(rows[i].provider);
+		if (ctl_text_width(rows[i].model) > w->model)
+			w->model = ctl_text_width(rows[i].model);
 		for (size_t k = 0; k < 4; k++)
 			if (num_width(nums[k]) > w->num[k])
 				w->num[k] = num_width(nums[k]);
@@ -2332,7 +2342,7 @@ static int cost_rows(const char *session, const json_t *snap,
 	}
 	rows = calloc(n, sizeof(*rows));
 	if (!rows) {
-		fail("cost: %s", strerror(ENOMEM));
+		ctl_fail("cost: %s", strerror(ENOMEM));
 		return RC_FAIL;
 	}
 	json_object_foreach((json_t *)snap, llm, e)
@@ -2354,15 +2364,15 @@ static int cost_session(struct ctl *ctl, const char *session,
 
 	if (load_prices(&pt, prices) < 0)
 		goto out;
-	if (open_handle(ctl, "cost", &t) < 0)
+	if (ctl_open_handle(ctl, "cost", &t) < 0)
 		goto out;
 	err = tally_session_json_ex(t, session, TALLY_JSON_DETAILS, &text);
 	if (err < 0) {
-		read_failed(ctl, "cost", err);
+		ctl_read_failed(ctl, "cost", err);
 		rc = err == -EINVAL || err == -EILSEQ ? RC_USAGE : RC_FAIL;
 		goto out;
 	}
-	snap = load_json("cost", text);
+	snap = ctl_load_json("cost", text);
 	if (snap)
 		rc = cost_rows(session, snap, &pt);
 out:
@@ -2383,26 +2393,27 @@ int ctl_cost(struct ctl *ctl, int argc, char **argv)
 	const char *prices = getenv("TALLY_PRICES");
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(ctl_cost_help);
 		if (c != 'p')
-			return usage_error(ctl_cost_help, "cost");
+			return ctl_usage_error(ctl_cost_help, "cost");
 		prices = optarg;
 	}
 	if (argc - optind != 1) {
-		fail("cost: expects one SESSION, got %d arguments",
-		     argc - optind);
-		return usage_error(ctl_cost_help, "cost");
+		ctl_fail("cost: expects one SESSION, got %d arguments",
+			 argc - optind);
+		return ctl_usage_error(ctl_cost_help, "cost");
 	}
 	if (!prices || !*prices) {
-		fail("cost: no price table: pass --prices FILE or set "
-		     "TALLY_PRICES (the format is in tallyctl cost --help)");
+		ctl_fail(
+			"cost: no price table: pass --prices FILE or set "
+			"TALLY_PRICES (the format is in tallyctl cost --help)");
 		return RC_USAGE;
 	}
 	if (!*argv[optind] || strlen(argv[optind]) > TALLY_ID_MAX) {
-		fail("cost: a session id has 1 to %d bytes", TALLY_ID_MAX);
+		ctl_fail("cost: a session id has 1 to %d bytes", TALLY_ID_MAX);
 		return RC_USAGE;
 	}
 	return cost_session(ctl, argv[optind], prices);

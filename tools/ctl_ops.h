@@ -19,6 +19,24 @@ struct ctl {
 	char prog[64];
 };
 
+/* What every command shares; defined in ctl_ops.c. */
+struct tally;
+typedef struct json_t json_t;
+
+__attribute__((format(printf, 1, 2))) void ctl_fail(const char *fmt, ...);
+/* The synopsis of a help text and where the rest is; returns 2. */
+int ctl_usage_error(const char *help, const char *cmd);
+/* getopt_long() afresh on a command's argv, naming "tallyctl COMMAND". */
+void ctl_begin_options(struct ctl *ctl, char **argv);
+/* A handle on the ledger directory, resolving the default first. */
+int ctl_open_handle(struct ctl *ctl, const char *cmd, struct tally **t);
+/* A failed read of the ledger, with what to do about it. */
+void ctl_read_failed(const struct ctl *ctl, const char *cmd, int err);
+/* JSON that libtally produced; NULL (reported) if it does not parse. */
+json_t *ctl_load_json(const char *cmd, const char *text);
+/* Columns a UTF-8 string takes. */
+int ctl_text_width(const char *s);
+
 extern const char ctl_sessions_help[];
 extern const char ctl_top_help[];
 extern const char ctl_export_help[];

@@ -148,116 +148,11 @@ static const char help_help[] =
 	"\n"
 	"Print the help of COMMAND, or the general help.\n";
 
-__attribute__((format(printf, 1, 2))) static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	fputs("tallyctl: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-}
-
 /* Prints a help text; to stderr it follows a usage error. */
 static int print_help(const char *text, FILE *f, int rc)
 {
 	fputs(text, f);
 	return rc;
-}
-
-/*
- * Prints the synopsis of a help text (up to its first blank line) after a
- * usage error, and where the rest is.
- */
-static int usage_error(const char *help, const char *cmd)
-{
-	const char *end = strstr(help, "\n\n");
-
-	fprintf(stderr, "%.*s\n", end ? (int)(end - help) : (int)strlen(help),
-		help);
-	if (cmd)
-		fprintf(stderr, "Run 'tallyctl help %s' for the details.\n",
-			cmd);
-	else
-		fputs("Run 'tallyctl --help' for the details.\n", stderr);
-	return RC_USAGE;
-}
-
-/*
- * Starts getopt_long() afresh on a command's own argv. argv[0] becomes
- * "tallyctl COMMAND" so that getopt_long's own messages name both.
- */
-static void begin_options(struct ctl *ctl, char **argv)
-{
-	snprintf(ctl->prog, sizeof(ctl->prog), "tallyctl %s", argv[0]);
-	argv[0] = ctl->prog;
-	optind = 0;
-}
-
-static int resolve_dir(struct ctl *ctl)
-{
-	int err;
-
-	if (ctl->dir)
-		return 0;
-	err = tally_default_dir(ctl->dir_buf, sizeof(ctl->dir_buf));
-	if (err < 0) {
-		fail("no ledger directory: %s; pass --dir DIR or set TALLY_DIR",
-		     tally_strerror(err));
-		return err;
-	}
-	ctl->dir = ctl->dir_buf;
-	return 0;
-}
-
-static int open_handle(struct ctl *ctl, const char *cmd, struct tally **t)
-{
-	/*
-	 * Every command that records syncs with its own --timeout first, so
-	 * closing need not wait a second time.
-	 */
-	struct tally_options opts = {.close_timeout_ms = -1};
-	int err;
-
-	err = resolve_dir(ctl);
-	if (err < 0)
-		return err;
-	opts.dir = ctl->dir;
-	err = tally_open_ex(t, &opts);
-	if (err < 0)
-		fail("%s: cannot open %s: %s", cmd, ctl->dir,
-		     tally_strerror(err));
-	return err;
-}
-
-/* Reports a failed read of the ledger, with what to do about it. */
-static void read_failed(struct ctl *ctl, const char *cmd, int err)
-{
-	fail("%s: %s", cmd, tally_strerror(err));
-	if (err == -ENOENT)
-		fprintf(stderr,
-			"tallyctl: there is no ledger in %s yet: start "
-			"tallyd there (tallyd --dir %s) or pass the right "
-			"--dir\n",
-			ctl->dir, ctl->dir);
-	else if (err == TALLY_EVERSION)
-		fprintf(stderr, "tallyctl: use the tallyctl of the tally "
-				"version whose tallyd wrote the ledger\n");
-}
-
-/* Parses JSON that libtally produced; a failure is a library bug. */
-static json_t *load_json(const char *cmd, const char *text)
-{
-	json_error_t jerr;
-	json_t *root;
-
-	root = json_loads(text, JSON_DECODE_ANY, &jerr);
-	if (!root)
-		fail("%s: libtally returned JSON that does not parse "
-		     "(line %d: %s)",
-		     cmd, jerr.line, jerr.text);
-	return root;
 }
 
 static int dump_json(const json_t *root)
@@ -278,16 +173,16 @@ static int show_session(struct ctl *ctl, const char *session, unsigned flags)
 	int rc = RC_FAIL;
 	int err;
 
-	if (open_handle(ctl, "show", &t) < 0)
+	if (ctl_open_handle(ctl, "show", &t) < 0)
 		return RC_FAIL;
 	err = tally_session_json_ex(t, session, flags, &text);
 	if (err < 0) {
-		read_failed(ctl, "show", err);
+		ctl_read_failed(ctl, "show", err);
 		if (err == -EINVAL || err == -EILSEQ)
 			rc = RC_USAGE;
 		goto out;
 	}
-	root = load_json("show", text);
+	root = ctl_load_json("show", text);
 	if (root && dump_json(root) == 0)
 		rc = RC_OK;
 out:
@@ -307,35 +202,25 @@ static int cmd_show(struct ctl *ctl, int argc, char **argv)
 	unsigned flags = 0;
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'D')
 			flags |= TALLY_JSON_DETAILS;
 		else if (c == 'h')
 			return print_help(show_help, stdout, RC_OK);
 		else
-			return usage_error(show_help, "show");
+			return ctl_usage_error(show_help, "show");
 	}
 	if (argc - optind != 1) {
-		fail("show: expects one SESSION, got %d arguments",
-		     argc - optind);
-		return usage_error(show_help, "show");
+		ctl_fail("show: expects one SESSION, got %d arguments",
+			 argc - optind);
+		return ctl_usage_error(show_help, "show");
 	}
 	if (!*argv[optind] || strlen(argv[optind]) > TALLY_ID_MAX) {
-		fail("show: a session id has 1 to %d bytes", TALLY_ID_MAX);
+		ctl_fail("show: a session id has 1 to %d bytes", TALLY_ID_MAX);
 		return RC_USAGE;
 	}
 	return show_session(ctl, argv[optind], flags);
-}
-
-/* Columns count characters, not bytes: ids are UTF-8. */
-static int text_width(const char *s)
-{
-	int w = 0;
-
-	for (; *s; s++)
-		w += ((unsigned char)*s & 0xc0) != 0x80;
-	return w;
 }
 
 /* Parses the lone --json option of stats. */
@@ -350,18 +235,18 @@ static int parse_json_flag(struct ctl *ctl, int argc, char **argv,
 	const char *cmd = argv[0];
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'j')
 			*as_json = true;
 		else if (c == 'h')
 			return print_help(help, stdout, RC_OK);
 		else
-			return usage_error(help, cmd);
+			return ctl_usage_error(help, cmd);
 	}
 	if (optind < argc) {
-		fail("%s: takes no arguments, got '%s'", cmd, argv[optind]);
-		return usage_error(help, cmd);
+		ctl_fail("%s: takes no arguments, got '%s'", cmd, argv[optind]);
+		return ctl_usage_error(help, cmd);
 	}
 	return RC_GO_ON;
 }
@@ -399,8 +284,8 @@ static void widest_name(const char *name, const json_t *value, void *arg)
 	int *width = arg;
 
 	(void)value;
-	if (text_width(name) > *width)
-		*width = text_width(name);
+	if (ctl_text_width(name) > *width)
+		*width = ctl_text_width(name);
 }
 
 static void print_stat(const char *name, const json_t *value, void *arg)
@@ -425,7 +310,7 @@ static int print_stats(const json_t *root, bool as_json)
 	if (as_json)
 		return dump_json(root) < 0 ? RC_FAIL : RC_OK;
 	if (!json_is_object(root)) {
-		fail("stats: libtally returned JSON that is not an object");
+		ctl_fail("stats: libtally returned JSON that is not an object");
 		return RC_FAIL;
 	}
 	walk_stats(root, "", widest_name, &width);
@@ -441,18 +326,19 @@ static int read_stats(struct ctl *ctl, bool as_json)
 	int rc = RC_FAIL;
 	int err;
 
-	if (open_handle(ctl, "stats", &t) < 0)
+	if (ctl_open_handle(ctl, "stats", &t) < 0)
 		return RC_FAIL;
 	err = tally_stats_json(t, 2000, &text);
 	if (err == -ETIMEDOUT) {
-		fail("tallyd did not answer on %s (is it running?)", ctl->dir);
+		ctl_fail("tallyd did not answer on %s (is it running?)",
+			 ctl->dir);
 		goto out;
 	}
 	if (err < 0) {
-		fail("stats: %s", tally_strerror(err));
+		ctl_fail("stats: %s", tally_strerror(err));
 		goto out;
 	}
-	root = load_json("stats", text);
+	root = ctl_load_json("stats", text);
 	if (root)
 		rc = print_stats(root, as_json);
 out:
@@ -497,20 +383,20 @@ static int parse_number(const char *opt, const char *s, uint64_t max,
 	char *end;
 
 	if (*s < '0' || *s > '9') {
-		fail("record: %s expects a whole number from 0 to %" PRIu64
-		     ", not '%s'",
-		     opt, max, s);
+		ctl_fail("record: %s expects a whole number from 0 to %" PRIu64
+			 ", not '%s'",
+			 opt, max, s);
 		return -EINVAL;
 	}
 	errno = 0;
 	v = strtoull(s, &end, 10);
 	if (*end != '\0') {
-		fail("record: %s expects a whole number, not '%s'", opt, s);
+		ctl_fail("record: %s expects a whole number, not '%s'", opt, s);
 		return -EINVAL;
 	}
 	if (errno == ERANGE || v > max) {
-		fail("record: %s %s is too large: at most %" PRIu64, opt, s,
-		     max);
+		ctl_fail("record: %s %s is too large: at most %" PRIu64, opt, s,
+			 max);
 		return -ERANGE;
 	}
 	*out = v;
@@ -580,8 +466,8 @@ static int check_length(const char *opt, const char *v, size_t max,
 	size_t len = v ? strlen(v) : 0;
 
 	if ((required && len == 0) || len > max) {
-		fail("record: %s takes %d to %zu bytes, not %zu", opt,
-		     required ? 1 : 0, max, len);
+		ctl_fail("record: %s takes %d to %zu bytes, not %zu", opt,
+			 required ? 1 : 0, max, len);
 		return -EINVAL;
 	}
 	return 0;
@@ -610,14 +496,14 @@ static int count_sources(const struct record_args *a)
 static int check_text_args(const struct record_args *a)
 {
 	if (!a->u.model_type) {
-		fail("record: --prompt-file and --completion-file need "
-		     "--model, which selects how tokens are counted");
+		ctl_fail("record: --prompt-file and --completion-file need "
+			 "--model, which selects how tokens are counted");
 		return -EINVAL;
 	}
 	if (a->prompt_file && a->completion_file &&
 	    strcmp(a->prompt_file, "-") == 0 &&
 	    strcmp(a->completion_file, "-") == 0) {
-		fail("record: only one of the text files may be '-'");
+		ctl_fail("record: only one of the text files may be '-'");
 		return -EINVAL;
 	}
 	return 0;
@@ -627,33 +513,34 @@ static int check_text_args(const struct record_args *a)
 static int check_record_args(const struct record_args *a)
 {
 	if (!a->u.session_id || !a->u.llm_reference_id) {
-		fail("record: --session and --llm are required");
+		ctl_fail("record: --session and --llm are required");
 		return -EINVAL;
 	}
 	if (check_strings(&a->u) < 0)
 		return -EINVAL;
 	if (count_sources(a) != 1) {
-		fail("record: give one of --input N --output N, --response "
-		     "FILE, --prompt-file F and --completion-file F, or "
-		     "--missing");
+		ctl_fail("record: give one of --input N --output N, --response "
+			 "FILE, --prompt-file F and --completion-file F, or "
+			 "--missing");
 		return -EINVAL;
 	}
 	if (a->has_input != a->has_output) {
-		fail("record: give --input N and --output N, or --response "
-		     "FILE");
+		ctl_fail("record: give --input N and --output N, or --response "
+			 "FILE");
 		return -EINVAL;
 	}
 	if (a->response && !a->u.provider_type) {
-		fail("record: --response needs --provider, which selects the "
-		     "response format");
+		ctl_fail(
+			"record: --response needs --provider, which selects the "
+			"response format");
 		return -EINVAL;
 	}
 	if ((a->response || a->missing) &&
 	    (a->u.flags & TALLY_USAGE_ESTIMATED)) {
-		fail("record: --estimated does not go with %s",
-		     a->response ? "--response: a response holds the "
-				   "provider's own counts"
-				 : "--missing: there are no counts");
+		ctl_fail("record: --estimated does not go with %s",
+			 a->response ? "--response: a response holds the "
+				       "provider's own counts"
+				     : "--missing: there are no counts");
 		return -EINVAL;
 	}
 	if (a->prompt_file || a->completion_file)
@@ -683,18 +570,18 @@ static int parse_record(struct ctl *ctl, int argc, char **argv,
 	};
 	int c;
 
-	begin_options(ctl, argv);
+	ctl_begin_options(ctl, argv);
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		if (c == 'h')
 			return print_help(record_help, stdout, RC_OK);
 		if (c == '?')
-			return usage_error(record_help, "record");
+			return ctl_usage_error(record_help, "record");
 		if (record_option(a, c, optarg) < 0)
 			return RC_USAGE;
 	}
 	if (optind < argc) {
-		fail("record: takes no arguments, got '%s'", argv[optind]);
-		return usage_error(record_help, "record");
+		ctl_fail("record: takes no arguments, got '%s'", argv[optind]);
+		return ctl_usage_error(record_help, "record");
 	}
 	if (check_record_args(a) < 0)
 		return RC_USAGE;
@@ -760,16 +647,16 @@ static int read_response(const char *path, char **body, size_t *len)
 		f = fopen(path, "rb");
 		if (!f) {
 			err = -errno;
-			fail("record: cannot open %s: %s", path,
-			     strerror(-err));
+			ctl_fail("record: cannot open %s: %s", path,
+				 strerror(-err));
 			return err;
 		}
 	}
 	err = read_stream(f, body, len);
 	if (err < 0)
-		fail("record: cannot read %s: %s",
-		     f == stdin ? "standard input" : path,
-		     err == -EFBIG ? "larger than 64 MiB" : strerror(-err));
+		ctl_fail("record: cannot read %s: %s",
+			 f == stdin ? "standard input" : path,
+			 err == -EFBIG ? "larger than 64 MiB" : strerror(-err));
 	if (f != stdin)
 		fclose(f);
 	return err;
@@ -810,17 +697,18 @@ static int estimate_and_record(struct tally *t, const struct record_args *a,
 	err = tally_estimate_usage(u.model_type, prompt, plen, completion, clen,
 				   &u);
 	if (err == -EILSEQ) {
-		fail("record: the text of --prompt-file or --completion-file "
-		     "is not valid UTF-8; nothing was recorded");
+		ctl_fail(
+			"record: the text of --prompt-file or --completion-file "
+			"is not valid UTF-8; nothing was recorded");
 		return err;
 	}
 	if (err == 0)
 		err = tally_record(t, &u);
 	if (err == -ENOENT) {
-		fail("record: rank file not installed");
+		ctl_fail("record: rank file not installed");
 		rank_file_missing(u.model_type);
 	} else if (err < 0) {
-		fail("record: %s", tally_strerror(err));
+		ctl_fail("record: %s", tally_strerror(err));
 	} else {
 		printf("estimated: input %" PRIu64 "%s, output %" PRIu64 "%s\n",
 		       u.input_tokens, prompt ? "" : " (missing)",
@@ -868,7 +756,7 @@ static int record_one(struct tally *t, const struct record_args *a)
 		err = tally_record(t, &a->u);
 	}
 	if (err < 0)
-		fail("record: %s", tally_strerror(err));
+		ctl_fail("record: %s", tally_strerror(err));
 	if (err == -EPROTONOSUPPORT)
 		fprintf(stderr, "tallyctl: --provider must be one of openAI, "
 				"azureOpenAI, openAICompatible, mistral, "
@@ -884,19 +772,20 @@ static int record_usage(struct ctl *ctl, const struct record_args *a)
 	int rc = RC_FAIL;
 	int err;
 
-	if (open_handle(ctl, "record", &t) < 0)
+	if (ctl_open_handle(ctl, "record", &t) < 0)
 		return RC_FAIL;
 	if (record_one(t, a) < 0)
 		goto out;
 	err = tally_sync(t, a->timeout_ms);
 	if (err == -ETIMEDOUT)
-		fail("record: the usage is queued and was sent, but tallyd "
-		     "did not confirm its commit within %d ms; it may or may "
-		     "not be counted. Check that tallyd runs on %s "
-		     "(tallyctl stats), then look with tallyctl show.",
-		     a->timeout_ms, ctl->dir);
+		ctl_fail(
+			"record: the usage is queued and was sent, but tallyd "
+			"did not confirm its commit within %d ms; it may or may "
+			"not be counted. Check that tallyd runs on %s "
+			"(tallyctl stats), then look with tallyctl show.",
+			a->timeout_ms, ctl->dir);
 	else if (err < 0)
-		fail("record: %s", tally_strerror(err));
+		ctl_fail("record: %s", tally_strerror(err));
 	else
 		rc = RC_OK;
 out:
@@ -925,13 +814,13 @@ static int cmd_help(struct ctl *ctl, int argc, char **argv)
 	if (argc < 2)
 		return print_help(usage_text, stdout, RC_OK);
 	if (argc > 2) {
-		fail("help: takes one COMMAND, got %d", argc - 1);
-		return usage_error(help_help, "help");
+		ctl_fail("help: takes one COMMAND, got %d", argc - 1);
+		return ctl_usage_error(help_help, "help");
 	}
 	cmd = find_command(argv[1]);
 	if (!cmd) {
-		fail("help: unknown command '%s'", argv[1]);
-		return usage_error(usage_text, NULL);
+		ctl_fail("help: unknown command '%s'", argv[1]);
+		return ctl_usage_error(usage_text, NULL);
 	}
 	return print_help(cmd->help, stdout, RC_OK);
 }
@@ -985,14 +874,14 @@ static int parse_global(struct ctl *ctl, int argc, char **argv)
 			return print_help("tallyctl " TALLY_VERSION_STRING "\n",
 					  stdout, RC_OK);
 		else
-			return usage_error(usage_text, NULL);
+			return ctl_usage_error(usage_text, NULL);
 	}
 	if (optind >= argc) {
-		fail("no command given");
-		return usage_error(usage_text, NULL);
+		ctl_fail("no command given");
+		return ctl_usage_error(usage_text, NULL);
 	}
 	if (ctl->dir && !*ctl->dir) {
-		fail("--dir needs a directory, not an empty string");
+		ctl_fail("--dir needs a directory, not an empty string");
 		return RC_USAGE;
 	}
 	return RC_GO_ON;
@@ -1010,12 +899,12 @@ int main(int argc, char **argv)
 		if (cmd) {
 			rc = cmd->run(&ctl, argc - optind, argv + optind);
 		} else {
-			fail("unknown command '%s'", argv[optind]);
-			rc = usage_error(usage_text, NULL);
+			ctl_fail("unknown command '%s'", argv[optind]);
+			rc = ctl_usage_error(usage_text, NULL);
 		}
 	}
 	if (fflush(stdout) != 0 || ferror(stdout)) {
-		fail("cannot write the output: %s", strerror(errno));
+		ctl_fail("cannot write the output: %s", strerror(errno));
 		rc = RC_FAIL;
 	}
 	return rc;
