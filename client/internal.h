@@ -73,9 +73,13 @@ struct tally {
 	size_t queue_max;
 	/* Largest message sent, and the buffer batches are built in. */
 	size_t max_message;
+	/* The batch size in use: halved after each loss, down to 4 KiB. */
+	size_t batch_limit;
 	uint8_t *batch_buf;
 	/* A wait for room ended without room; cleared by progress. */
 	bool stalled;
+	/* Resending after a loss: one usage a message until progress. */
+	bool one_by_one;
 	int record_timeout_ms;
 	int close_timeout_ms;
 	/* fork_gen when the sockets, producer id and queue were made. */

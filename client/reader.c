@@ -55,10 +55,10 @@ static int reader_open(const char *path, struct reader **out)
 	mdb_env_set_maxreaders(r->env, MAX_READERS);
 	rc = mdb_env_open(r->env, path, MDB_RDONLY | MDB_NOTLS | MDB_NOSUBDIR,
 			  0660);
-	if (rc == 0)
-		rc = open_dbis(r);
-	else
+	if (rc != 0)
 		rc = ledger_errno(rc);
+	else if ((rc = ledger_check_size(r->env)) == 0)
+		rc = open_dbis(r);
 	if (rc < 0)
 		goto fail_env;
 	pthread_rwlock_init(&r->resize, NULL);

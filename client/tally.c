@@ -24,6 +24,8 @@
 #define DEFAULT_QUEUE_MAX 65536
 #define DEFAULT_MAX_MESSAGE (64 * 1024)
 #define MIN_MAX_MESSAGE 1024
+/* The smallest batches shrink to: tallyd's smallest --max-message. */
+#define MIN_BATCH_LIMIT 4096
 /* Field tags and lengths around one packed usage, and the batch header. */
 #define BATCH_USAGE_OVERHEAD 6
 #define BATCH_HEADER_MAX 64
@@ -213,6 +215,7 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 	t->close_timeout_ms = o.close_timeout_ms ? o.close_timeout_ms
 						 : DEFAULT_CLOSE_TIMEOUT_MS;
 	t->max_message = o.max_message ? o.max_message : DEFAULT_MAX_MESSAGE;
+	t->batch_limit = t->max_message;
 	if (t->max_message < MIN_MAX_MESSAGE) {
 		free(t);
 		return -EINVAL;
@@ -261,12 +264,27 @@ int tally_reader(struct tally *t, struct reader **r)
 	return rc;
 }
 
+/*
+ * What was lost goes again one usage a message until the ledger moves: a
+ * batch may have been lost for being over a daemon's --max-message, and a
+ * single usage always fits the smallest limit tallyd accepts.
+ */
+static void resend_from(struct tally *t, uint64_t seq)
+{
+	queue_rewind(&t->q, seq);
+	t->one_by_one = true;
+	/* And batches shrink, in case the limit is what lost them. */
+	if (t->batch_limit / 2 >= MIN_BATCH_LIMIT)
+		t->batch_limit /= 2;
+}
+
 static void note_committed(struct tally *t, uint64_t seq)
 {
 	if (seq > t->committed) {
 		t->committed = seq;
 		t->progress_ms = tally_now_ms();
 		t->stalled = false;
+		t->one_by_one = false;
 	}
 	queue_trim(&t->q, t->committed);
 }
@@ -335,7 +353,8 @@ static size_t build_batch(struct tally *t, uint8_t *buf, size_t *len)
 	for (i = t->q.sent; i < t->q.count; i++) {
 		e = queue_at(&t->q, i);
 		if (i > t->q.sent &&
-		    n + e->len + BATCH_USAGE_OVERHEAD > t->max_message)
+		    (t->one_by_one ||
+		     n + e->len + BATCH_USAGE_OVERHEAD > t->batch_limit))
 			break;
 		n += put_usage(buf + n, e);
 	}
@@ -377,7 +396,7 @@ static void maintain(struct tally *t, bool force)
 		return;
 	if (t->q.count > 0 && t->q.sent > 0 &&
 	    now - t->progress_ms >= RESEND_AFTER_MS) {
-		queue_rewind(&t->q, t->committed + 1);
+		resend_from(t, t->committed + 1);
 		t->progress_ms = now;
 	}
 }
@@ -619,7 +638,7 @@ static int sync_round(struct tally *t, int wait_ms)
 	if (reply->status == 0) {
 		note_committed(t, reply->committed_seq);
 		if (lost(t, reply))
-			queue_rewind(&t->q, reply->accepted_seq + 1);
+			resend_from(t, reply->accepted_seq + 1);
 	}
 	rc = reply->status;
 	tally__reply__free_unpacked(reply, NULL);

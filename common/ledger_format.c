@@ -1,5 +1,6 @@
 #include <errno.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ledger_format.h"
 #include "tally.h"
@@ -148,8 +149,8 @@ int ledger_errno(int rc)
 	case MDB_READERS_FULL:
 		return -EAGAIN;
 	case MDB_VERSION_MISMATCH:
-	case MDB_INVALID:
 		return TALLY_EVERSION;
+	case MDB_INVALID:
 	case MDB_CORRUPTED:
 	case MDB_PAGE_NOTFOUND:
 	case MDB_BAD_VALSIZE:
@@ -157,4 +158,20 @@ int ledger_errno(int rc)
 	default:
 		return rc > 0 ? -rc : -EIO;
 	}
+}
+
+int ledger_check_size(MDB_env *env)
+{
+	MDB_envinfo info;
+	MDB_stat st;
+	struct stat fs;
+	mdb_filehandle_t fd;
+
+	if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &st) != 0 ||
+	    mdb_env_get_fd(env, &fd) != 0 || fstat(fd, &fs) < 0)
+		return -EIO;
+	if ((uint64_t)fs.st_size <
+	    ((uint64_t)info.me_last_pgno + 1) * st.ms_psize)
+		return TALLY_ECORRUPT;
+	return 0;
 }

@@ -103,6 +103,14 @@ int ledger_producer_decode(const MDB_val *v, struct ledger_producer *p);
  */
 int ledger_errno(int mdb_rc);
 
+/*
+ * ledger_check_size() - TALLY_ECORRUPT when the file is shorter than its
+ * last page: a truncated ledger that would otherwise kill every process
+ * reading it with SIGBUS. 0 when it is whole, -EIO if it cannot be told.
+ * A file truncated after this check still can: keep backups whole.
+ */
+int ledger_check_size(MDB_env *env);
+
 /* Adds b to a; -EOVERFLOW, leaving a unchanged, if any sum would wrap. */
 int ledger_counters_add(struct ledger_counters *a,
 			const struct ledger_counters *b);

@@ -67,6 +67,16 @@ int ledger_open(struct ledger *l, const char *path, size_t map_size,
 	rc = mdb_env_open(l->env, path, flags, 0660);
 	if (rc != 0)
 		goto fail_env;
+	if ((rc = ledger_check_size(l->env)) < 0) {
+		log_err("ledger",
+			"%s is shorter than its last page: truncated "
+			"or damaged; restore it from a copy",
+			path);
+		mdb_env_close(l->env);
+		l->env = NULL;
+		pthread_rwlock_destroy(&l->resize);
+		return rc;
+	}
 	/* A ledger bigger than map_size keeps its own size. */
 	mdb_env_info(l->env, &info);
 	mdb_env_stat(l->env, &st);

@@ -94,5 +94,4 @@ int ledger_reader_check(struct ledger *l);
 
 int ledger_info(struct ledger *l, struct ledger_info *info);
 
-
 #endif

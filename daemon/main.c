@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <nanomsg/nn.h>
@@ -35,7 +36,7 @@ static const char usage_text[] =
 	"  -g, --group NAME       group that may record and read (sockets 0660)\n"
 	"      --map-size BYTES   starting map size; K, M, G suffixes (64M);\n"
 	"                         the map grows by itself when it fills\n"
-	"      --max-message BYTES  largest batch accepted (1M)\n"
+	"      --max-message BYTES  largest batch accepted (1M; at least 4K)\n"
 	"      --session-ttl DURATION  delete sessions idle longer (7d); 0: never\n"
 	"      --producer-ttl DURATION forget clients idle longer (30d); 0: never\n"
 	"      --metrics-file PATH     write Prometheus text there every 5 s\n"
@@ -117,13 +118,19 @@ static uint64_t parse_duration(const char *s)
 	static const struct {
 		const char *unit;
 		uint64_t ms;
-	} units[] = {{"ms", 1},	     {"s", 1000},     {"m", 60000},
-		     {"h", 3600000}, {"d", 86400000}, {"", 1000}};
+	} units[] = {{"ms", 1},
+		     {"s", 1000},
+		     {"m", 60000},
+		     {"h", 3600000},
+		     {"d", 86400000}};
 	unsigned long long v;
 	char *end;
 
 	if (s[0] < '0' || s[0] > '9')
 		return UINT64_MAX;
+	/* A bare number is refused: 7 meant as days must not be seconds. */
+	if (strcmp(s, "0") == 0)
+		return 0;
 	errno = 0;
 	v = strtoull(s, &end, 10);
 	for (size_t i = 0; errno == 0 && i < sizeof(units) / sizeof(units[0]);
@@ -197,11 +204,12 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 			break;
 		case OPT_MAX_MESSAGE:
 			cfg->max_message = parse_size(optarg);
-			if (cfg->max_message < 1024 ||
+			/* 4K: room for the largest single usage. */
+			if (cfg->max_message < 4096 ||
 			    cfg->max_message > ((size_t)1 << 28)) {
 				fprintf(stderr,
 					"tallyd: --max-message wants "
-					"1K to 256M, not '%s'\n",
+					"4K to 256M, not '%s'\n",
 					optarg);
 				return 2;
 			}
@@ -272,15 +280,23 @@ static int open_paths(struct tallyd *d)
 
 static int open_ledger(struct tallyd *d)
 {
+	mode_t old = umask(0007);
 	int rc = ledger_open(&d->ledger, d->paths.ledger, d->cfg.map_size,
 			     d->cfg.nosync);
 
+	umask(old);
+	if (rc == 0)
+		rc = runtime_share_ledger(d);
 	if (rc == TALLY_EVERSION)
 		log_err("main",
 			"%s was written by another version of tally "
 			"(schema %d expected); move it away or use that "
 			"version",
 			d->paths.ledger, LEDGER_SCHEMA);
+	else if (rc == TALLY_ECORRUPT)
+		log_err("main",
+			"%s is damaged; move it away and restore a copy",
+			d->paths.ledger);
 	else if (rc < 0)
 		log_err("main", "cannot open ledger %s: %s", d->paths.ledger,
 			strerror(-rc));

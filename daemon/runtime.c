@@ -222,6 +222,38 @@ static int restrict_dir(const char *dir, gid_t gid)
 	return 0;
 }
 
+static int lookup_group(const char *name, gid_t *gid);
+
+/*
+ * Readers need the data file readable and the lock file writable (their
+ * reader slots live there): 0640 and 0660, given to --group if any.
+ */
+int runtime_share_ledger(struct tallyd *d)
+{
+	const struct {
+		const char *suffix;
+		mode_t mode;
+	} files[] = {{"", 0640}, {"-lock", 0660}};
+	char path[sizeof(d->paths.ledger) + 8];
+	gid_t gid;
+	int rc;
+
+	if ((rc = lookup_group(d->cfg.group, &gid)) < 0)
+		return rc;
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(path, sizeof(path), "%s%s", d->paths.ledger,
+			 files[i].suffix);
+		if ((gid != (gid_t)-1 && chown(path, (uid_t)-1, gid) < 0) ||
+		    chmod(path, files[i].mode) < 0) {
+			log_err("main", "cannot share %s with group %s: %s",
+				path, d->cfg.group ? d->cfg.group : "(own)",
+				strerror(errno));
+			return -errno;
+		}
+	}
+	return 0;
+}
+
 static int lookup_group(const char *name, gid_t *gid)
 {
 	struct group *g;

@@ -155,6 +155,8 @@ uint64_t now_ms(void);
 
 /* runtime.c: the directory, the lock file, the sockets' files. */
 int runtime_std_fds(void);
+/* Gives the ledger's files their modes (0640, lock 0660) and --group. */
+int runtime_share_ledger(struct tallyd *d);
 /* "READY=1" and the like to systemd's $NOTIFY_SOCKET, if there is one. */
 void runtime_notify(const char *state);
 void runtime_cloexec_all(void);

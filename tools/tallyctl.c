@@ -779,8 +779,8 @@ static int record_usage(struct ctl *ctl, const struct record_args *a)
 	err = tally_sync(t, a->timeout_ms);
 	if (err == -ETIMEDOUT)
 		ctl_fail(
-			"record: the usage is queued and was sent, but tallyd "
-			"did not confirm its commit within %d ms; it may or may "
+			"record: tallyd did not confirm the usage within %d ms; "
+			"it may have reached tallyd or not, so it may or may "
 			"not be counted. Check that tallyd runs on %s "
 			"(tallyctl stats), then look with tallyctl show.",
 			a->timeout_ms, ctl->dir);
