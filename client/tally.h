@@ -607,8 +607,8 @@ int tally_estimator_for(const char *model_type, struct tally_estimator *e);
  *                 built without Unicode support.
  *  -ENOMEM        out of memory.
  */
-int tally_estimate_tokens(const char *model_type, const char *text,
-			  size_t len, uint64_t *tokens);
+int tally_estimate_tokens(const char *model_type, const char *text, size_t len,
+			  uint64_t *tokens);
 
 /*
  * tally_estimate_usage() - the usage of one call, from its text.
