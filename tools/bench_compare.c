@@ -57,6 +57,7 @@
 #include <nanomsg/pipeline.h>
 
 #include "bench_compare.h"
+#include "bench_util.h"
 #include "tally.h"
 #include "tally.pb-c.h"
 
@@ -316,33 +317,6 @@ static long rss_kib(pid_t pid)
 			break;
 	fclose(f);
 	return kib;
-}
-
-/* Prints argv so that a shell would run the same command again. */
-static void print_command(int argc, char **argv)
-{
-	const char *safe =
-		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		"0123456789_./=:,+-@%";
-	const char *p;
-
-	fputs("command:", stdout);
-	for (int i = 0; i < argc; i++) {
-		putchar(' ');
-		if (*argv[i] && strspn(argv[i], safe) == strlen(argv[i])) {
-			fputs(argv[i], stdout);
-			continue;
-		}
-		putchar('\'');
-		for (p = argv[i]; *p; p++) {
-			if (*p == '\'')
-				fputs("'\\''", stdout);
-			else
-				putchar(*p);
-		}
-		putchar('\'');
-	}
-	putchar('\n');
 }
 
 /* ---- options ---- */
@@ -687,29 +661,11 @@ static bool executable(const char *path)
 	return access(path, X_OK) == 0;
 }
 
-/* $TALLYD, else tallyd next to tally-bench, else ../daemon/tallyd. */
 static int find_tallyd(struct cmp *c)
 {
-	const char *env = getenv("TALLYD");
-	char self[PATH_MAX], *here;
-	ssize_t n;
-
-	if (c->tallyd == NULL && env != NULL && *env != '\0')
-		c->tallyd = env;
-	if (c->tallyd != NULL)
-		return executable(c->tallyd) ? 0 : -ENOENT;
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
+	if (bench_find_tallyd(c->tallyd, c->tallyd_buf, sizeof(c->tallyd_buf)) <
+	    0)
 		return -ENOENT;
-	self[n] = '\0';
-	here = dirname(self);
-	snprintf(c->tallyd_buf, sizeof(c->tallyd_buf), "%s/tallyd", here);
-	if (!executable(c->tallyd_buf))
-		snprintf(c->tallyd_buf, sizeof(c->tallyd_buf),
-			 "%s/../daemon/tallyd", here);
-	if (!executable(c->tallyd_buf) || realpath(c->tallyd_buf, self) == NULL)
-		return -ENOENT;
-	snprintf(c->tallyd_buf, sizeof(c->tallyd_buf), "%s", self);
 	c->tallyd = c->tallyd_buf;
 	return 0;
 }
@@ -2456,7 +2412,8 @@ int bench_compare(int argc, char **argv)
 	};
 	rc = parse_options(c, argc, argv);
 	if (rc == RC_GO_ON) {
-		print_command(argc, argv);
+		fputs("command: ", stdout);
+		bench_print_command(argc, argv);
 		rc = setup(c) < 0 ? RC_FAIL : run_all(c);
 		teardown(c);
 	}

@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include "bench_soak.h"
+#include "bench_util.h"
 #include "tally.h"
 
 struct soak {
@@ -62,23 +63,11 @@ static void sleep_ms(unsigned ms)
 
 static int find_tallyd(struct soak *s)
 {
-	const char *env = getenv("TALLYD");
-	char self[PATH_MAX];
-	ssize_t n;
+	char given[PATH_MAX];
 
-	if (s->tallyd[0] != '\0')
-		return 0;
-	if (env != NULL && env[0] != '\0') {
-		snprintf(s->tallyd, sizeof(s->tallyd), "%s", env);
-		return 0;
-	}
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n <= 0)
-		return -ENOENT;
-	self[n] = '\0';
-	snprintf(s->tallyd, sizeof(s->tallyd), "%s/../daemon/tallyd",
-		 dirname(self));
-	return access(s->tallyd, X_OK) == 0 ? 0 : -ENOENT;
+	snprintf(given, sizeof(given), "%s", s->tallyd);
+	return bench_find_tallyd(given[0] ? given : NULL, s->tallyd,
+				 sizeof(s->tallyd));
 }
 
 static int wait_ready(const char *dir, unsigned timeout_ms)

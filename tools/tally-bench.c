@@ -43,6 +43,7 @@
 
 #include "bench_compare.h"
 #include "bench_soak.h"
+#include "bench_util.h"
 #include "tally.h"
 
 enum {
@@ -321,34 +322,6 @@ usage:
 	return RC_USAGE;
 }
 
-/* Prints argv so that a shell would run the same command again. */
-static void print_command(int argc, char **argv)
-{
-	const char *safe =
-		"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-		"0123456789_./=:,+-@%";
-	const char *p;
-	int i;
-
-	for (i = 0; i < argc; i++) {
-		if (i)
-			putchar(' ');
-		if (*argv[i] && strspn(argv[i], safe) == strlen(argv[i])) {
-			fputs(argv[i], stdout);
-			continue;
-		}
-		putchar('\'');
-		for (p = argv[i]; *p; p++) {
-			if (*p == '\'')
-				fputs("'\\''", stdout);
-			else
-				putchar(*p);
-		}
-		putchar('\'');
-	}
-	putchar('\n');
-}
-
 /* ---- names and the usage scheme ---- */
 
 static void make_run_id(struct bench *b)
@@ -515,48 +488,17 @@ static int compute_expected(struct bench *b)
 
 /* ---- the daemon ---- */
 
-static bool executable(const char *path)
-{
-	return access(path, X_OK) == 0;
-}
-
 static int find_tallyd(struct bench *b)
 {
-	char self[PATH_MAX];
-	const char *here;
-	ssize_t n;
-
-	if (b->tallyd)
+	if (bench_find_tallyd(b->tallyd, b->tallyd_buf,
+			      sizeof(b->tallyd_buf)) == 0) {
+		b->tallyd = b->tallyd_buf;
 		return 0;
-	b->tallyd = getenv("TALLYD");
-	if (b->tallyd && *b->tallyd)
-		return 0;
-	b->tallyd = NULL;
-	n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (n > 0) {
-		self[n] = '\0';
-		here = dirname(self);
-		snprintf(b->tallyd_buf, sizeof(b->tallyd_buf), "%s/tallyd",
-			 here);
-		if (!executable(b->tallyd_buf))
-			snprintf(b->tallyd_buf, sizeof(b->tallyd_buf),
-				 "%s/../daemon/tallyd", here);
-		/* Resolved, so that the command printed is plain. */
-		if (executable(b->tallyd_buf) &&
-		    realpath(b->tallyd_buf, self) &&
-		    strlen(self) < sizeof(b->tallyd_buf)) {
-			strcpy(b->tallyd_buf, self);
-			b->tallyd = b->tallyd_buf;
-		}
 	}
-	if (!b->tallyd) {
-		fprintf(stderr, "tally-bench: cannot find tallyd next to "
-				"tally-bench nor in ../daemon; pass --tallyd "
-				"PATH or set TALLYD, or --dir of a running "
-				"tallyd\n");
-		return -ENOENT;
-	}
-	return 0;
+	fprintf(stderr, "tally-bench: cannot find tallyd next to tally-bench "
+			"nor in ../daemon; pass --tallyd PATH or set TALLYD, "
+			"or --dir of a running tallyd\n");
+	return -ENOENT;
 }
 
 static int make_tmp_dir(struct bench *b)
@@ -1669,7 +1611,7 @@ int main(int argc, char **argv)
 	rc = parse_options(&b, argc, argv);
 	if (rc != RC_GO_ON)
 		return rc;
-	print_command(argc, argv);
+	bench_print_command(argc, argv);
 	if (b.estimate_file)
 		rc = run_estimate(&b);
 	else if (b.error_dir)

@@ -1,0 +1,20 @@
+/*
+ * bench_util.h - what the modes of tally-bench share.
+ */
+#ifndef TALLY_BENCH_UTIL_H
+#define TALLY_BENCH_UTIL_H
+
+#include <stddef.h>
+
+/*
+ * bench_find_tallyd() - the daemon to start: given (from --tallyd) if not
+ * NULL, else $TALLYD, else tallyd beside tally-bench, else ../daemon/tallyd
+ * from it (the meson build tree), resolved to an absolute path. Writes it
+ * to buf; 0, or -ENOENT when none is executable.
+ */
+int bench_find_tallyd(const char *given, char *buf, size_t len);
+
+/* Prints argv, quoted so that a shell would run the same command. */
+void bench_print_command(int argc, char **argv);
+
+#endif
