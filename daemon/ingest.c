@@ -243,6 +243,19 @@ static void apply_batch(struct tallyd *d, struct producer *p,
 	struct usage_view v;
 	int rc;
 
+	/*
+	 * The producer's record goes into the aggregate before any usage:
+	 * usages committed without their sequence would be counted again
+	 * when their producer resends them. Once there, updating it below
+	 * allocates nothing and cannot fail.
+	 */
+	if (agg_set_producer(d->fill, p->id, p->accepted) < 0) {
+		log_limited(&d->bad_input, LOG_ERR, "ingest",
+			    "out of memory; a batch of %zu usages will be "
+			    "resent",
+			    b->n_usages);
+		return;
+	}
 	for (size_t i = p->accepted + 1 - b->first_seq; i < b->n_usages; i++) {
 		uint64_t seq = b->first_seq + i;
 
@@ -263,8 +276,7 @@ static void apply_batch(struct tallyd *d, struct producer *p,
 		}
 		p->accepted = seq;
 	}
-	if (agg_set_producer(d->fill, p->id, p->accepted) < 0)
-		log_err("ingest", "out of memory recording a producer");
+	agg_set_producer(d->fill, p->id, p->accepted);
 }
 
 static void handle_batch(struct tallyd *d, const Tally__Batch *b)

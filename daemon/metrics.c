@@ -28,7 +28,7 @@ void metrics_count(struct tallyd *d, const struct usage_view *v)
 	size_t len = v->len[USAGE_PROVIDER];
 
 	for (size_t i = 0; i < d->nproviders; i++) {
-		if (strlen(d->providers[i].name) == len &&
+		if (d->providers[i].name_len == len &&
 		    memcmp(d->providers[i].name, name, len) == 0) {
 			pt = &d->providers[i];
 			break;
@@ -37,9 +37,11 @@ void metrics_count(struct tallyd *d, const struct usage_view *v)
 	if (pt == NULL && d->nproviders < MAX_PROVIDERS) {
 		pt = &d->providers[d->nproviders++];
 		snprintf(pt->name, sizeof(pt->name), "%.*s", (int)len, name);
+		pt->name_len = len;
 	} else if (pt == NULL) {
 		pt = &d->providers[MAX_PROVIDERS - 1];
 		snprintf(pt->name, sizeof(pt->name), "other");
+		pt->name_len = 5;
 	}
 	pt->tokens[0] += v->input;
 	pt->tokens[1] += v->output;

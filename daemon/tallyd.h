@@ -111,6 +111,7 @@ struct waiter {
 
 struct provider_tokens {
 	char name[TALLY_NAME_MAX + 1];
+	size_t name_len;
 	uint64_t tokens[5];
 };
 
