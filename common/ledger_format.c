@@ -1,4 +1,5 @@
 #include <errno.h>
+#include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -108,18 +109,54 @@ int ledger_session_decode(const MDB_val *v, struct ledger_session *s)
 	return 0;
 }
 
+static bool producer_extended(const struct ledger_producer *p)
+{
+	static const uint8_t zero[LEDGER_PRODUCER_ID_LEN];
+
+	return p->flags != 0 || p->nranges != 0 ||
+	       memcmp(p->node, zero, sizeof(zero)) != 0;
+}
+
+size_t ledger_producer_size(const struct ledger_producer *p)
+{
+	return producer_extended(p)
+		       ? LEDGER_PRODUCER_EXT_SIZE + 16 * (size_t)p->nranges
+		       : LEDGER_PRODUCER_SIZE;
+}
+
 void ledger_producer_encode(const struct ledger_producer *p, void *dst)
 {
-	memcpy(dst, &p->seq, 8);
-	memcpy((char *)dst + 8, &p->last_ns, 8);
+	char *d = dst;
+
+	memcpy(d, &p->seq, 8);
+	memcpy(d + 8, &p->last_ns, 8);
+	if (!producer_extended(p))
+		return;
+	memcpy(d + 16, p->node, LEDGER_PRODUCER_ID_LEN);
+	memcpy(d + 32, &p->flags, 4);
+	memcpy(d + 36, &p->nranges, 4);
+	memcpy(d + 40, p->ranges, 16 * (size_t)p->nranges);
 }
 
 int ledger_producer_decode(const MDB_val *v, struct ledger_producer *p)
 {
-	if (v->mv_size != LEDGER_PRODUCER_SIZE)
+	const char *s = v->mv_data;
+
+	memset(p, 0, sizeof(*p));
+	if (v->mv_size != LEDGER_PRODUCER_SIZE &&
+	    v->mv_size < LEDGER_PRODUCER_EXT_SIZE)
 		return TALLY_ECORRUPT;
-	memcpy(&p->seq, v->mv_data, 8);
-	memcpy(&p->last_ns, (char *)v->mv_data + 8, 8);
+	memcpy(&p->seq, s, 8);
+	memcpy(&p->last_ns, s + 8, 8);
+	if (v->mv_size == LEDGER_PRODUCER_SIZE)
+		return 0;
+	memcpy(p->node, s + 16, LEDGER_PRODUCER_ID_LEN);
+	memcpy(&p->flags, s + 32, 4);
+	memcpy(&p->nranges, s + 36, 4);
+	if (p->nranges > LEDGER_RANGES_MAX ||
+	    v->mv_size != LEDGER_PRODUCER_EXT_SIZE + 16 * (size_t)p->nranges)
+		return TALLY_ECORRUPT;
+	memcpy(p->ranges, s + 40, 16 * (size_t)p->nranges);
 	return 0;
 }
 

@@ -7,6 +7,11 @@
  *   sessions   session id                        -> struct ledger_session
  *   producers  16-byte producer id               -> struct ledger_producer
  *   meta       name                              -> value ("schema": u32)
+ *   outbox     u64 big-endian record number      -> u64 commit time (ns),
+ *                                                   then a packed Batch
+ *
+ * The outbox is used with --cluster only: the local usages a commit
+ * counted, kept until JetStream has stored them.
  *
  * Values are fixed little-endian layouts read with memcpy, since LMDB
  * gives no alignment. Only the daemon writes; clients read the same
@@ -29,6 +34,7 @@
 #define LEDGER_DB_SESSIONS "sessions"
 #define LEDGER_DB_PRODUCERS "producers"
 #define LEDGER_DB_META "meta"
+#define LEDGER_DB_OUTBOX "outbox"
 
 enum ledger_name {
 	LEDGER_DISPLAY,
@@ -70,9 +76,30 @@ struct ledger_session {
 	uint64_t calls;
 };
 
+/* Sequence numbers first .. first + count - 1. */
+struct ledger_range {
+	uint64_t first;
+	uint64_t count;
+};
+
+/* Holes a producer of another host may have at once; more wait. */
+#define LEDGER_RANGES_MAX 8
+/* The producer sends to this host's ingest socket. */
+#define LEDGER_PRODUCER_LOCAL 1u
+
+/*
+ * A producer: everything up to seq is applied. With --cluster, also the
+ * host whose stream records carry its usages, and the records of another
+ * host's producer applied out of order past a hole (sorted, disjoint,
+ * none adjacent to seq): what a lost or late record leaves.
+ */
 struct ledger_producer {
 	uint64_t seq;
 	uint64_t last_ns;
+	uint8_t node[LEDGER_PRODUCER_ID_LEN];
+	uint32_t flags;
+	uint32_t nranges;
+	struct ledger_range ranges[LEDGER_RANGES_MAX];
 };
 
 /* Builds the usage key into buf (LEDGER_KEY_MAX bytes); returns its size. */
@@ -91,7 +118,15 @@ int ledger_entry_decode(const MDB_val *v, struct ledger_entry *e);
 void ledger_session_encode(const struct ledger_session *s, void *dst);
 int ledger_session_decode(const MDB_val *v, struct ledger_session *s);
 
+/*
+ * 16 bytes (seq, last_ns) for a daemon of one host; with a host, flags and
+ * ranges, 40 bytes and 16 a range.
+ */
 #define LEDGER_PRODUCER_SIZE 16
+#define LEDGER_PRODUCER_EXT_SIZE 40
+#define LEDGER_PRODUCER_MAX_SIZE \
+	(LEDGER_PRODUCER_EXT_SIZE + 16 * LEDGER_RANGES_MAX)
+size_t ledger_producer_size(const struct ledger_producer *p);
 void ledger_producer_encode(const struct ledger_producer *p, void *dst);
 int ledger_producer_decode(const MDB_val *v, struct ledger_producer *p);
 

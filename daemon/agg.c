@@ -152,12 +152,25 @@ void agg_init(struct agg *a)
 	memset(a, 0, sizeof(*a));
 }
 
+/* Outbox parts are the only memory of an item not in the arena. */
+static void free_outbox(struct agg *a)
+{
+	struct agg_producer *ap;
+
+	agg_foreach(a, producers, struct agg_producer, ap)
+	{
+		free(ap->out);
+	}
+	a->outbox_usages = 0;
+}
+
 void agg_fini(struct agg *a)
 {
 	struct agg_chunk *c, *next;
 
 	if (a == NULL)
 		return;
+	free_outbox(a);
 	table_fini(&a->entries);
 	table_fini(&a->sessions);
 	table_fini(&a->producers);
@@ -173,6 +186,7 @@ void agg_fini(struct agg *a)
 
 void agg_reset(struct agg *a)
 {
+	free_outbox(a);
 	table_clear(&a->entries);
 	table_clear(&a->sessions);
 	table_clear(&a->producers);
@@ -183,6 +197,7 @@ void agg_reset(struct agg *a)
 		c->used = 0;
 	a->usages = 0;
 	a->purge_seq = 0;
+	a->outbox_acked = 0;
 }
 
 static struct agg_item *find_or_add(struct agg *a, struct agg_table *t,
@@ -275,6 +290,55 @@ int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq)
 		return -ENOMEM;
 	ap->seq = seq;
 	return 0;
+}
+
+struct agg_producer *agg_find_producer(struct agg *a, const uint8_t *id)
+{
+	return (struct agg_producer *)table_find(
+		&a->producers,
+		hash_bytes((const char *)id, LEDGER_PRODUCER_ID_LEN),
+		(const char *)id, LEDGER_PRODUCER_ID_LEN);
+}
+
+/* A usage's field tag and length prefix take at most this much. */
+#define OUT_PREFIX_MAX 11
+
+int agg_outbox_reserve(struct agg_producer *ap, size_t len)
+{
+	size_t need = ap->out_len + len + OUT_PREFIX_MAX, cap;
+	char *out;
+
+	if (need <= ap->out_cap)
+		return 0;
+	cap = ap->out_cap ? ap->out_cap : 4096;
+	while (cap < need)
+		cap *= 2;
+	out = realloc(ap->out, cap);
+	if (out == NULL)
+		return -ENOMEM;
+	ap->out = out;
+	ap->out_cap = cap;
+	return 0;
+}
+
+void agg_outbox_put(struct agg *a, struct agg_producer *ap, uint64_t seq,
+		    const void *usage, size_t len)
+{
+	uint8_t *p = (uint8_t *)ap->out + ap->out_len;
+	size_t n = 0, v = len;
+
+	if (ap->out_count == 0)
+		ap->out_first = seq;
+	/* Field 3 of a Batch, length-delimited: the bytes need no re-framing
+	 * when the outbox record is built. */
+	p[n++] = (3 << 3) | 2;
+	for (; v >= 0x80; v >>= 7)
+		p[n++] = (uint8_t)(v | 0x80);
+	p[n++] = (uint8_t)v;
+	memcpy(p + n, usage, len);
+	ap->out_len += n + len;
+	ap->out_count++;
+	a->outbox_usages++;
 }
 
 /* Drops what a holds of one session: an operator's purge comes after it. */

@@ -47,6 +47,21 @@ struct agg_session {
 struct agg_producer {
 	struct agg_item item;
 	uint64_t seq;
+	/*
+	 * With --cluster, the producer's usages of this aggregate as packed
+	 * Usage fields of a Batch, sequence numbers from out_first on: they
+	 * go to the outbox in the commit that counts them.
+	 */
+	/* With --cluster, what the ledger keeps beside seq. */
+	uint8_t node[LEDGER_PRODUCER_ID_LEN];
+	uint32_t flags;
+	uint32_t nranges;
+	struct ledger_range ranges[LEDGER_RANGES_MAX];
+	uint64_t out_first;
+	uint32_t out_count;
+	char *out;
+	size_t out_len;
+	size_t out_cap;
 };
 
 /*
@@ -74,6 +89,10 @@ struct agg {
 	size_t usages;
 	/* The newest purge request this aggregate carries. */
 	uint64_t purge_seq;
+	/* Outbox records up to this key are in JetStream: delete them. */
+	uint64_t outbox_acked;
+	/* Usages bound for the outbox. */
+	size_t outbox_usages;
 };
 
 void agg_init(struct agg *a);
@@ -90,6 +109,17 @@ int agg_add(struct agg *a, const struct usage_view *v, uint64_t now_ns);
 
 /* Records that producer id has everything up to seq in this aggregate. */
 int agg_set_producer(struct agg *a, const uint8_t *id, uint64_t seq);
+/* The producer's record in a, or NULL. */
+struct agg_producer *agg_find_producer(struct agg *a, const uint8_t *id);
+
+/*
+ * Makes room for one packed usage of len bytes in ap's outbox part, so
+ * that agg_outbox_put() cannot fail. -ENOMEM.
+ */
+int agg_outbox_reserve(struct agg_producer *ap, size_t len);
+/* Appends usage seq, which must follow the ones before it. */
+void agg_outbox_put(struct agg *a, struct agg_producer *ap, uint64_t seq,
+		    const void *usage, size_t len);
 
 /*
  * Queues the deletion of a session. With idle_before_ns 0 (an operator's

@@ -51,6 +51,11 @@ static void note_commit(struct tallyd *d, struct agg *a, uint64_t ns,
 	STAT_ADD(d, expired_producers, st->expired_producers);
 	STAT_ADD(d, map_grows, st->map_grows);
 	STAT_ADD(d, dead_readers, st->dead_readers);
+	if (d->cluster != NULL) {
+		STAT_SET(d, outbox_entries, st->outbox_entries);
+		STAT_SET(d, outbox_last_key, d->ledger.outbox_next - 1);
+		STAT_ADD(d, outbox_records_added, st->outbox_added);
+	}
 }
 
 /*
@@ -189,10 +194,14 @@ bool committer_idle(struct tallyd *d)
 void committer_kick(struct tallyd *d)
 {
 	struct committer *c = &d->committer;
+	bool prune;
 
-	if (c->busy != NULL ||
-	    (d->fill->producers.count == 0 && d->fill->purges.count == 0 &&
-	     d->fill->requests.count == 0 && d->fill->expired.count == 0))
+	if (c->busy != NULL)
+		return;
+	prune = cluster_prepare(d, d->fill);
+	if (!prune && d->fill->producers.count == 0 &&
+	    d->fill->purges.count == 0 && d->fill->requests.count == 0 &&
+	    d->fill->expired.count == 0)
 		return;
 	pthread_mutex_lock(&c->lock);
 	c->busy = d->fill;
@@ -250,7 +259,8 @@ bool committer_reap(struct tallyd *d)
 		return false;
 	if (rc == 0)
 		mark_committed(d, a);
-	else
+	cluster_committed(d, a, rc == 0);
+	if (rc != 0)
 		log_err("commit",
 			"%zu usages were not committed: %s; their "
 			"producers will resend them",

@@ -233,20 +233,30 @@ static const struct {
 	{                                            \
 #x, offsetof(struct tallyd_stats, x) \
 	}
-	F(messages),	       F(usages_received),    F(usages_accepted),
-	F(usages_applied),     F(duplicates),	      F(gap_batches),
-	F(gap_usages),	       F(malformed_messages), F(malformed_usages),
-	F(oversized_messages), F(overflows),	      F(commits),
-	F(commit_failures),    F(commit_ns_last),     F(commit_ns_max),
-	F(commit_ns_total),    F(map_grows),	      F(dead_readers),
-	F(sync_requests),      F(control_requests),   F(control_malformed),
-	F(producers),	       F(purge_requests),     F(purged_sessions),
-	F(expired_producers),
+	F(messages),	      F(usages_received),
+	F(usages_accepted),   F(usages_applied),
+	F(duplicates),	      F(gap_batches),
+	F(gap_usages),	      F(malformed_messages),
+	F(malformed_usages),  F(oversized_messages),
+	F(overflows),	      F(commits),
+	F(commit_failures),   F(commit_ns_last),
+	F(commit_ns_max),     F(commit_ns_total),
+	F(map_grows),	      F(dead_readers),
+	F(sync_requests),     F(control_requests),
+	F(control_malformed), F(producers),
+	F(purge_requests),    F(purged_sessions),
+	F(expired_producers), F(cluster_state),
+	F(outbox_entries),    F(outbox_records_added),
+	F(published_records), F(publish_failures),
+	F(consumed_records),  F(own_records),
+	F(remote_usages),     F(remote_duplicates),
+	F(remote_gaps),	      F(remote_malformed), F(remote_refused),
+	F(consumer_pending),  F(consume_lag_ms),
 #undef F
 };
 
 #define NSTATS (sizeof(stat_fields) / sizeof(stat_fields[0]))
-#define NINFO 12
+#define NINFO 14
 
 static void fill_info(struct tallyd *d, Tally__Stat *st)
 {
@@ -258,6 +268,7 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 		"pending",	     "sync_waiters",
 		"uptime_ms",	     "oldest_reader_age_ms",
 		"session_ttl_ms",    "producer_ttl_ms",
+		"outbox_age_ms",     "outbox_unpublished",
 	};
 	uint64_t values[NINFO] = {0};
 
@@ -275,6 +286,8 @@ static void fill_info(struct tallyd *d, Tally__Stat *st)
 	values[9] = oldest_reader_age_ms(d);
 	values[10] = d->cfg.session_ttl_ms;
 	values[11] = d->cfg.producer_ttl_ms;
+	values[12] = cluster_outbox_age_ms(d);
+	values[13] = cluster_unpublished(d);
 	for (int i = 0; i < NINFO; i++) {
 		st[i].name = (char *)names[i];
 		st[i].value = values[i];

@@ -190,12 +190,12 @@ struct producer *producer_get(struct tallyd *d, const uint8_t *id)
 {
 	struct producer_map *m = &d->producers;
 	struct producer *p = producer_find(d, id);
+	struct ledger_producer rec;
 	size_t i;
-	uint64_t seq;
 
 	if (p != NULL)
 		return p;
-	if (ledger_producer_seq(&d->ledger, id, &seq) < 0)
+	if (ledger_producer_get(&d->ledger, id, &rec) < 0)
 		return NULL;
 	if ((m->count + 1) * 2 > m->cap && producers_grow(m) < 0)
 		return NULL;
@@ -203,7 +203,11 @@ struct producer *producer_get(struct tallyd *d, const uint8_t *id)
 	if (p == NULL)
 		return NULL;
 	memcpy(p->id, id, LEDGER_PRODUCER_ID_LEN);
-	p->accepted = p->committed = seq;
+	p->accepted = p->committed = rec.seq;
+	memcpy(p->node, rec.node, sizeof(p->node));
+	p->flags = rec.flags;
+	p->nranges = rec.nranges;
+	memcpy(p->ranges, rec.ranges, sizeof(p->ranges));
 	i = producer_slot(m, id);
 	m->slots[i] = p;
 	m->count++;
@@ -231,43 +235,106 @@ static void bad_usage(struct tallyd *d, const struct producer *p, uint64_t seq,
 		    strerror(-err));
 }
 
+/* Where a usage bound for the outbox is packed; main thread only. */
+static uint8_t *pack_buf;
+static size_t pack_cap;
+
 /*
- * Applies the usages of b that follow what p has, in order. A usage that
- * fails its check still uses up its sequence number: a hostile or broken
- * usage must not make its producer resend it forever.
+ * Packs usage u for the outbox and makes room for it in ap. A usage that
+ * failed its check goes as an empty one, which fails it on every host
+ * alike: its sequence number is used up everywhere, and its bytes, which
+ * may be large and hostile, go nowhere.
  */
-static void apply_batch(struct tallyd *d, struct producer *p,
-			const Tally__Batch *b)
+static int outbox_pack(struct agg_producer *ap, const Tally__Usage *u,
+		       bool valid, size_t *len)
+{
+	Tally__Usage empty = TALLY__USAGE__INIT;
+	size_t n;
+
+	if (!valid)
+		u = &empty;
+	n = tally__usage__get_packed_size(u);
+	if (n > pack_cap) {
+		size_t cap = n < 4096 ? 4096 : n;
+		uint8_t *buf = realloc(pack_buf, cap);
+
+		if (buf == NULL)
+			return -ENOMEM;
+		pack_buf = buf;
+		pack_cap = cap;
+	}
+	*len = tally__usage__pack(u, pack_buf);
+	return agg_outbox_reserve(ap, *len);
+}
+
+/* What the ledger keeps of p beside its sequence goes with the aggregate. */
+static void keep_state(struct tallyd *d, const struct producer *p)
+{
+	struct agg_producer *ap = agg_find_producer(d->fill, p->id);
+
+	if (ap == NULL)
+		return;
+	memcpy(ap->node, p->node, sizeof(ap->node));
+	ap->flags = p->flags;
+	ap->nranges = p->nranges;
+	memcpy(ap->ranges, p->ranges, sizeof(ap->ranges));
+}
+
+/*
+ * The producer's record goes into the aggregate before any usage: usages
+ * committed without their sequence would be counted again when their
+ * producer resends them. Once there, updating it allocates nothing and
+ * cannot fail.
+ */
+static int hold_producer(struct tallyd *d, const struct producer *p, size_t n)
+{
+	if (agg_set_producer(d->fill, p->id, p->accepted) == 0)
+		return 0;
+	log_limited(&d->bad_input, LOG_ERR, "ingest",
+		    "out of memory; a batch of %zu usages will be resent", n);
+	return -ENOMEM;
+}
+
+/*
+ * Applies the usages of a local batch that follow what p has, in order.
+ * A usage that fails its check still uses up its sequence number: a
+ * hostile or broken usage must not make its producer resend it forever.
+ * With --cluster they also go to the outbox. Returns 0, or -ENOMEM when
+ * it stopped short (the rest is resent).
+ */
+static int apply_batch(struct tallyd *d, struct producer *p,
+		       const Tally__Batch *b)
 {
 	uint64_t now = now_ns();
+	struct agg_producer *ap = NULL;
 	struct usage_view v;
-	int rc;
+	size_t plen = 0;
+	int rc, result = 0;
 
-	/*
-	 * The producer's record goes into the aggregate before any usage:
-	 * usages committed without their sequence would be counted again
-	 * when their producer resends them. Once there, updating it below
-	 * allocates nothing and cannot fail.
-	 */
-	if (agg_set_producer(d->fill, p->id, p->accepted) < 0) {
-		log_limited(&d->bad_input, LOG_ERR, "ingest",
-			    "out of memory; a batch of %zu usages will be "
-			    "resent",
-			    b->n_usages);
-		return;
+	if (hold_producer(d, p, b->n_usages) < 0)
+		return -ENOMEM;
+	if (d->cluster != NULL) {
+		ap = agg_find_producer(d->fill, p->id);
+		p->flags |= LEDGER_PRODUCER_LOCAL;
+		memcpy(p->node, d->node_id, sizeof(p->node));
 	}
 	for (size_t i = p->accepted + 1 - b->first_seq; i < b->n_usages; i++) {
 		uint64_t seq = b->first_seq + i;
 
 		usage_view_from_wire(&v, b->usages[i]);
 		rc = usage_check(&v);
-		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {
+		if ((ap != NULL &&
+		     outbox_pack(ap, b->usages[i], rc == 0, &plen) < 0) ||
+		    (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM)) {
 			log_limited(&d->bad_input, LOG_ERR, "ingest",
 				    "out of memory; usage %" PRIu64
 				    " will be resent",
 				    seq);
+			result = -ENOMEM;
 			break;
 		}
+		if (ap != NULL)
+			agg_outbox_put(d->fill, ap, seq, pack_buf, plen);
 		if (rc < 0) {
 			bad_usage(d, p, seq, rc);
 		} else {
@@ -277,9 +344,12 @@ static void apply_batch(struct tallyd *d, struct producer *p,
 		p->accepted = seq;
 	}
 	agg_set_producer(d->fill, p->id, p->accepted);
+	if (d->cluster != NULL)
+		keep_state(d, p);
+	return result;
 }
 
-static void handle_batch(struct tallyd *d, const Tally__Batch *b)
+static enum ingest_result handle_batch(struct tallyd *d, const Tally__Batch *b)
 {
 	uint64_t last = b->first_seq + b->n_usages - 1;
 	struct producer *p;
@@ -289,24 +359,164 @@ static void handle_batch(struct tallyd *d, const Tally__Batch *b)
 		log_limited(&d->bad_input, LOG_ERR, "ingest",
 			    "cannot read producer state; batch dropped, its "
 			    "producer will resend it");
-		return;
+		return INGEST_RETRY;
 	}
 	p->last_ms = now_ms();
 	STAT_ADD(d, usages_received, b->n_usages);
 	if (last <= p->accepted) {
 		STAT_ADD(d, duplicates, b->n_usages);
-		return;
+		return INGEST_APPLIED;
 	}
 	if (b->first_seq > p->accepted + 1) {
 		/* Something before it was lost; the client resends from there. */
 		STAT_ADD(d, gap_batches, 1);
 		STAT_ADD(d, gap_usages, b->n_usages);
 		p->gap = true;
-		return;
+		return INGEST_GAP;
 	}
 	STAT_ADD(d, duplicates, p->accepted + 1 - b->first_seq);
 	p->gap = false;
-	apply_batch(d, p, b);
+	return apply_batch(d, p, b) < 0 ? INGEST_RETRY : INGEST_APPLIED;
+}
+
+/* Whether seq is in one of p's ranges past its sequence. */
+static bool in_ranges(const struct producer *p, uint64_t seq)
+{
+	for (uint32_t i = 0; i < p->nranges; i++)
+		if (seq >= p->ranges[i].first &&
+		    seq - p->ranges[i].first < p->ranges[i].count)
+			return true;
+	return false;
+}
+
+/*
+ * Marks seq applied: the sequence moves on, taking in the ranges that now
+ * follow it, or seq joins a range (a new one if it touches none). False,
+ * with nothing marked, when that would make too many ranges.
+ */
+static bool mark_applied(struct producer *p, uint64_t seq)
+{
+	uint32_t i;
+
+	if (seq == p->accepted + 1) {
+		p->accepted = seq;
+		while (p->nranges > 0 && p->ranges[0].first == p->accepted + 1) {
+			p->accepted += p->ranges[0].count;
+			memmove(&p->ranges[0], &p->ranges[1],
+				--p->nranges * sizeof(p->ranges[0]));
+		}
+		return true;
+	}
+	for (i = 0; i < p->nranges && p->ranges[i].first < seq; i++)
+		;
+	/* Joins the range before it, the one after it, or both. */
+	if (i > 0 && p->ranges[i - 1].first + p->ranges[i - 1].count == seq) {
+		p->ranges[i - 1].count++;
+		if (i < p->nranges && p->ranges[i].first == seq + 1) {
+			p->ranges[i - 1].count += p->ranges[i].count;
+			memmove(&p->ranges[i], &p->ranges[i + 1],
+				(--p->nranges - i) * sizeof(p->ranges[0]));
+		}
+		return true;
+	}
+	if (i < p->nranges && p->ranges[i].first == seq + 1) {
+		p->ranges[i].first--;
+		p->ranges[i].count++;
+		return true;
+	}
+	if (p->nranges == LEDGER_RANGES_MAX)
+		return false;
+	memmove(&p->ranges[i + 1], &p->ranges[i],
+		(p->nranges++ - i) * sizeof(p->ranges[0]));
+	p->ranges[i] = (struct ledger_range){seq, 1};
+	return true;
+}
+
+/*
+ * A producer's records come from one host: the one that runs it (local
+ * producers only from this host's own records) or the first host seen
+ * with it. A record of it from another host is forged, or comes from a
+ * copy of a ledger, and would use up sequence numbers that are not its.
+ */
+static bool origin_ok(struct tallyd *d, struct producer *p,
+		      const uint8_t *node)
+{
+	static const uint8_t unknown[LEDGER_PRODUCER_ID_LEN];
+
+	if (p->flags & LEDGER_PRODUCER_LOCAL)
+		return memcmp(node, d->node_id, LEDGER_PRODUCER_ID_LEN) == 0;
+	if (memcmp(p->node, unknown, sizeof(unknown)) == 0)
+		memcpy(p->node, node, sizeof(p->node));
+	return memcmp(p->node, node, LEDGER_PRODUCER_ID_LEN) == 0;
+}
+
+/*
+ * A record of another host: each usage is applied unless its sequence
+ * number is already applied, in order or not. Records of one producer
+ * come in order unless a publish was retried, or a record was lost (a
+ * stream deleted, a record past its age); then those after the hole are
+ * applied at once and their numbers kept as ranges, so that the late
+ * record, if it ever comes, is applied too, and nothing twice.
+ */
+static enum ingest_result apply_remote(struct tallyd *d, struct producer *p,
+				       const Tally__Batch *b)
+{
+	enum ingest_result result = INGEST_APPLIED;
+	uint64_t now = now_ns(), dup = 0;
+	struct usage_view v;
+	int rc;
+
+	if (hold_producer(d, p, b->n_usages) < 0)
+		return INGEST_RETRY;
+	for (size_t i = 0; i < b->n_usages; i++) {
+		uint64_t seq = b->first_seq + i;
+
+		if (seq <= p->accepted || in_ranges(p, seq)) {
+			dup++;
+			continue;
+		}
+		if (seq != p->accepted + 1 && p->nranges == LEDGER_RANGES_MAX &&
+		    !in_ranges(p, seq - 1) && !in_ranges(p, seq + 1)) {
+			/* Too many holes at once: wait for one to close. */
+			STAT_ADD(d, remote_gaps, 1);
+			result = INGEST_GAP;
+			break;
+		}
+		usage_view_from_wire(&v, b->usages[i]);
+		rc = usage_check(&v);
+		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {
+			result = INGEST_RETRY;
+			break;
+		}
+		if (rc < 0)
+			bad_usage(d, p, seq, rc);
+		else
+			STAT_ADD(d, remote_usages, 1);
+		mark_applied(p, seq);
+	}
+	STAT_ADD(d, remote_duplicates, dup);
+	agg_set_producer(d->fill, p->id, p->accepted);
+	keep_state(d, p);
+	return result;
+}
+
+enum ingest_result ingest_remote(struct tallyd *d, const void *buf, size_t len,
+				 const uint8_t *node)
+{
+	struct producer *p;
+	Tally__Batch *b;
+
+	arena_rewind(&arena, len);
+	b = tally__batch__unpack(&unpack_allocator, len, buf);
+	if (b == NULL || !batch_sane(b))
+		return INGEST_MALFORMED;
+	p = producer_get(d, b->producer.data);
+	if (p == NULL)
+		return INGEST_RETRY;
+	if (!origin_ok(d, p, node))
+		return INGEST_REFUSED;
+	p->last_ms = now_ms();
+	return apply_remote(d, p, b);
 }
 
 void ingest_handle(struct tallyd *d, const void *buf, size_t len)
@@ -363,4 +573,7 @@ int ingest_drain(struct tallyd *d, unsigned max_messages)
 void ingest_fini(void)
 {
 	arena_release(&arena);
+	free(pack_buf);
+	pack_buf = NULL;
+	pack_cap = 0;
 }

@@ -1,7 +1,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "ledger.h"
@@ -11,6 +13,42 @@
 #define MAX_READERS 4096
 /* The map doubles up to this step, then grows by it. */
 #define GROW_STEP ((size_t)1 << 30)
+
+static uint64_t get_be64(const void *p)
+{
+	const uint8_t *b = p;
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | b[i];
+	return v;
+}
+
+static void put_be64(void *p, uint64_t v)
+{
+	uint8_t *b = p;
+
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		b[i] = (uint8_t)v;
+}
+
+/* Outbox keys go on from the last one kept, never back. */
+static int find_outbox_next(struct ledger *l, MDB_txn *txn)
+{
+	MDB_cursor *cur;
+	MDB_val key, val;
+	int rc;
+
+	l->outbox_next = 1;
+	rc = mdb_cursor_open(txn, l->outbox, &cur);
+	if (rc != 0)
+		return rc;
+	rc = mdb_cursor_get(cur, &key, &val, MDB_LAST);
+	if (rc == 0 && key.mv_size == 8)
+		l->outbox_next = get_be64(key.mv_data) + 1;
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
 
 static int open_dbs(struct ledger *l)
 {
@@ -27,7 +65,8 @@ static int open_dbs(struct ledger *l)
 			       &l->sessions)) ||
 	    (rc = mdb_dbi_open(txn, LEDGER_DB_PRODUCERS, MDB_CREATE,
 			       &l->producers)) ||
-	    (rc = mdb_dbi_open(txn, LEDGER_DB_META, MDB_CREATE, &l->meta)))
+	    (rc = mdb_dbi_open(txn, LEDGER_DB_META, MDB_CREATE, &l->meta)) ||
+	    (rc = mdb_dbi_open(txn, LEDGER_DB_OUTBOX, MDB_CREATE, &l->outbox)))
 		goto fail;
 	rc = mdb_get(txn, l->meta, &key, &val);
 	if (rc == MDB_NOTFOUND) {
@@ -39,7 +78,7 @@ static int open_dbs(struct ledger *l)
 		mdb_txn_abort(txn);
 		return TALLY_EVERSION;
 	}
-	if (rc != 0)
+	if (rc != 0 || (rc = find_outbox_next(l, txn)) != 0)
 		goto fail;
 	return ledger_errno(mdb_txn_commit(txn));
 fail:
@@ -102,6 +141,8 @@ void ledger_close(struct ledger *l)
 {
 	if (l == NULL || l->env == NULL)
 		return;
+	free(l->outbuf);
+	l->outbuf = NULL;
 	mdb_env_close(l->env);
 	l->env = NULL;
 	pthread_rwlock_destroy(&l->resize);
@@ -125,23 +166,23 @@ static void read_end(struct ledger *l, MDB_txn *txn)
 	pthread_rwlock_unlock(&l->resize);
 }
 
-int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq)
+int ledger_producer_get(struct ledger *l, const uint8_t *id,
+			struct ledger_producer *p)
 {
 	MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)id}, val;
-	struct ledger_producer p = {0, 0};
 	MDB_txn *txn;
 	int rc;
 
+	memset(p, 0, sizeof(*p));
 	rc = read_begin(l, &txn);
 	if (rc < 0)
 		return rc;
 	rc = mdb_get(txn, l->producers, &key, &val);
 	if (rc == 0)
-		rc = ledger_producer_decode(&val, &p);
+		rc = ledger_producer_decode(&val, p);
 	else
 		rc = rc == MDB_NOTFOUND ? 0 : ledger_errno(rc);
 	read_end(l, txn);
-	*seq = p.seq;
 	return rc;
 }
 
@@ -224,11 +265,15 @@ static int put_producer(struct ledger *l, MDB_txn *txn, struct agg_producer *ap,
 			uint64_t now_ns)
 {
 	MDB_val key = {LEDGER_PRODUCER_ID_LEN, (void *)ap->item.key}, val;
-	struct ledger_producer p = {ap->seq, now_ns};
-	char buf[LEDGER_PRODUCER_SIZE];
+	struct ledger_producer p = {.seq = ap->seq, .last_ns = now_ns};
+	char buf[LEDGER_PRODUCER_MAX_SIZE];
 
+	memcpy(p.node, ap->node, sizeof(p.node));
+	p.flags = ap->flags;
+	p.nranges = ap->nranges;
+	memcpy(p.ranges, ap->ranges, sizeof(p.ranges));
 	ledger_producer_encode(&p, buf);
-	val.mv_size = sizeof(buf);
+	val.mv_size = ledger_producer_size(&p);
 	val.mv_data = buf;
 	return mdb_put(txn, l->producers, &key, &val, 0);
 }
@@ -350,6 +395,153 @@ static int expire_producers(struct ledger *l, MDB_txn *txn, struct agg *a,
 	return rc;
 }
 
+/* The most usages, and about the most bytes, of one outbox record. */
+#define OUTBOX_MAX_USAGES 1024
+#define OUTBOX_MAX_BYTES (256 * 1024)
+/* Commit time, the producer field, first_seq and count fields. */
+#define OUTBOX_HEAD_MAX (8 + 2 + LEDGER_PRODUCER_ID_LEN + 11)
+#define OUTBOX_TAIL_MAX 11
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+
+	for (; v >= 0x80; v >>= 7)
+		p[n++] = (uint8_t)(v | 0x80);
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+/* Reads a varint of a part this daemon wrote itself. */
+static size_t get_varint(const uint8_t *p, uint64_t *v)
+{
+	size_t n = 0;
+
+	*v = 0;
+	do
+		*v |= (uint64_t)(p[n] & 0x7f) << (7 * n);
+	while (p[n++] & 0x80);
+	return n;
+}
+
+/*
+ * One outbox record: the commit time, then a Batch of the producer's
+ * usages from first on. The Batch is what a client would send, so the
+ * other hosts apply it through the same checks.
+ */
+static int put_outbox_record(struct ledger *l, MDB_txn *txn,
+			     const struct agg_producer *ap, uint64_t first,
+			     const char *usages, size_t len, uint32_t count,
+			     uint64_t now_ns, uint64_t *next)
+{
+	size_t need = OUTBOX_HEAD_MAX + len + OUTBOX_TAIL_MAX, n = 8;
+	uint8_t k[8], *p;
+	MDB_val key = {8, k}, val;
+	int rc;
+
+	if (need > l->outbuf_cap) {
+		p = realloc(l->outbuf, need);
+		if (p == NULL)
+			return ENOMEM;
+		l->outbuf = p;
+		l->outbuf_cap = need;
+	}
+	p = l->outbuf;
+	memcpy(p, &now_ns, 8);
+	p[n++] = (1 << 3) | 2;
+	p[n++] = LEDGER_PRODUCER_ID_LEN;
+	memcpy(p + n, ap->item.key, LEDGER_PRODUCER_ID_LEN);
+	n += LEDGER_PRODUCER_ID_LEN;
+	p[n++] = 2 << 3;
+	n += put_varint(p + n, first);
+	memcpy(p + n, usages, len);
+	n += len;
+	p[n++] = 4 << 3;
+	n += put_varint(p + n, count);
+	put_be64(k, *next);
+	val.mv_size = n;
+	val.mv_data = p;
+	rc = mdb_put(txn, l->outbox, &key, &val, MDB_APPEND);
+	(*next)++;
+	return rc;
+}
+
+/* A producer's outbox part, cut into records of bounded size. */
+static int put_outbox_part(struct ledger *l, MDB_txn *txn,
+			   const struct agg_producer *ap, uint64_t now_ns,
+			   uint64_t *next)
+{
+	const uint8_t *p = (const uint8_t *)ap->out;
+	size_t start = 0, at = 0;
+	uint64_t first = ap->out_first, len;
+	uint32_t count = 0;
+	int rc;
+
+	while (at < ap->out_len) {
+		at += 1;
+		at += get_varint(p + at, &len);
+		at += len;
+		count++;
+		if (count < OUTBOX_MAX_USAGES &&
+		    at - start < OUTBOX_MAX_BYTES && at < ap->out_len)
+			continue;
+		rc = put_outbox_record(l, txn, ap, first, ap->out + start,
+				       at - start, count, now_ns, next);
+		if (rc != 0)
+			return rc;
+		first += count;
+		start = at;
+		count = 0;
+	}
+	return 0;
+}
+
+/* Records JetStream has stored are deleted, oldest first, boundedly. */
+static int delete_acked(struct ledger *l, MDB_txn *txn, uint64_t acked)
+{
+	MDB_cursor *cur;
+	MDB_val key, val;
+	int rc;
+
+	if (acked == 0)
+		return 0;
+	rc = mdb_cursor_open(txn, l->outbox, &cur);
+	if (rc != 0)
+		return rc;
+	for (int i = 0; i < 65536; i++) {
+		rc = mdb_cursor_get(cur, &key, &val, MDB_FIRST);
+		if (rc != 0 || key.mv_size != 8 ||
+		    get_be64(key.mv_data) > acked)
+			break;
+		if ((rc = mdb_cursor_del(cur, 0)) != 0)
+			break;
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+static int write_outbox(struct ledger *l, MDB_txn *txn, struct agg *a,
+			uint64_t now_ns, struct ledger_commit_stats *st)
+{
+	struct agg_producer *ap;
+	uint64_t next = l->outbox_next;
+	MDB_stat ms;
+	int rc;
+
+	agg_foreach(a, producers, struct agg_producer, ap)
+	{
+		if (ap->out_count != 0 &&
+		    (rc = put_outbox_part(l, txn, ap, now_ns, &next)) != 0)
+			return rc;
+	}
+	if ((rc = delete_acked(l, txn, a->outbox_acked)) != 0 ||
+	    (rc = mdb_stat(txn, l->outbox, &ms)) != 0)
+		return rc;
+	st->outbox_added = next - l->outbox_next;
+	st->outbox_entries = ms.ms_entries;
+	return 0;
+}
+
 static int write_agg(struct ledger *l, struct agg *a, uint64_t now_ns,
 		     struct ledger_commit_stats *st)
 {
@@ -381,9 +573,13 @@ static int write_agg(struct ledger *l, struct agg *a, uint64_t now_ns,
 	}
 	if ((rc = apply_purges(l, txn, a, true, st)) ||
 	    (rc = put_requests(l, txn, a, now_ns)) ||
-	    (rc = expire_producers(l, txn, a, st)))
+	    (rc = expire_producers(l, txn, a, st)) ||
+	    (rc = write_outbox(l, txn, a, now_ns, st)))
 		goto fail;
-	return mdb_txn_commit(txn);
+	rc = mdb_txn_commit(txn);
+	if (rc == 0)
+		l->outbox_next += st->outbox_added;
+	return rc;
 fail:
 	mdb_txn_abort(txn);
 	return rc;
@@ -528,4 +724,85 @@ int ledger_info(struct ledger *l, struct ledger_info *info)
 					  ? ei.me_last_txnid - rs.oldest
 					  : 0;
 	return 0;
+}
+
+int ledger_outbox_read(struct ledger *l, uint64_t after, size_t max,
+		       ledger_outbox_fn fn, void *ctx)
+{
+	uint8_t k[8];
+	MDB_val key = {8, k}, val;
+	MDB_cursor *cur;
+	MDB_txn *txn;
+	size_t n = 0;
+	int rc;
+
+	put_be64(k, after + 1);
+	if ((rc = read_begin(l, &txn)) < 0)
+		return rc;
+	if ((rc = mdb_cursor_open(txn, l->outbox, &cur)) != 0) {
+		read_end(l, txn);
+		return ledger_errno(rc);
+	}
+	rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
+	for (; rc == 0 && n < max; n++) {
+		if (key.mv_size != 8 || val.mv_size < 8) {
+			rc = MDB_CORRUPTED;
+			break;
+		}
+		if (fn(get_be64(key.mv_data), val.mv_data, val.mv_size, ctx))
+			break;
+		rc = mdb_cursor_get(cur, &key, &val, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	read_end(l, txn);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return ledger_errno(rc);
+	return (int)n;
+}
+
+int64_t ledger_outbox_count(struct ledger *l)
+{
+	MDB_txn *txn;
+	MDB_stat ms;
+	int rc;
+
+	if ((rc = read_begin(l, &txn)) < 0)
+		return rc;
+	rc = mdb_stat(txn, l->outbox, &ms);
+	read_end(l, txn);
+	return rc != 0 ? ledger_errno(rc) : (int64_t)ms.ms_entries;
+}
+
+int ledger_node_id(struct ledger *l, uint8_t id[LEDGER_PRODUCER_ID_LEN])
+{
+	MDB_val key = {4, "node"}, val;
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(l->env, NULL, 0, &txn);
+	if (rc != 0)
+		return ledger_errno(rc);
+	rc = mdb_get(txn, l->meta, &key, &val);
+	if (rc == 0 && val.mv_size == LEDGER_PRODUCER_ID_LEN) {
+		memcpy(id, val.mv_data, LEDGER_PRODUCER_ID_LEN);
+		mdb_txn_abort(txn);
+		return 0;
+	}
+	if (rc != MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		return rc == 0 ? TALLY_ECORRUPT : ledger_errno(rc);
+	}
+	if (getrandom(id, LEDGER_PRODUCER_ID_LEN, 0) !=
+	    LEDGER_PRODUCER_ID_LEN) {
+		mdb_txn_abort(txn);
+		return -EIO;
+	}
+	val.mv_size = LEDGER_PRODUCER_ID_LEN;
+	val.mv_data = id;
+	rc = mdb_put(txn, l->meta, &key, &val, 0);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		return ledger_errno(rc);
+	}
+	return ledger_errno(mdb_txn_commit(txn));
 }

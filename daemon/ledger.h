@@ -21,6 +21,12 @@ struct ledger {
 	MDB_dbi sessions;
 	MDB_dbi producers;
 	MDB_dbi meta;
+	MDB_dbi outbox;
+	/* The key the next outbox record gets; only the committer moves it. */
+	uint64_t outbox_next;
+	/* Where the committer builds an outbox record. */
+	uint8_t *outbuf;
+	size_t outbuf_cap;
 	/*
 	 * Read transactions of this process hold it shared; growing the map
 	 * holds it exclusive, since LMDB may only resize with no transaction
@@ -50,6 +56,9 @@ struct ledger_commit_stats {
 	uint64_t overflows;
 	uint64_t map_grows;
 	uint64_t dead_readers;
+	/* Outbox records after the commit, and how many it added. */
+	uint64_t outbox_entries;
+	uint64_t outbox_added;
 };
 
 /*
@@ -63,8 +72,9 @@ int ledger_open(struct ledger *l, const char *path, size_t map_size,
 		bool nosync);
 void ledger_close(struct ledger *l);
 
-/* The highest sequence applied for a producer; 0 when it is unknown. */
-int ledger_producer_seq(struct ledger *l, const uint8_t *id, uint64_t *seq);
+/* A producer's record; all zero when it is unknown. */
+int ledger_producer_get(struct ledger *l, const uint8_t *id,
+			struct ledger_producer *p);
 
 /*
  * ledger_commit() - write an aggregate in one durable transaction.
@@ -88,6 +98,25 @@ int ledger_scan(struct ledger *l, MDB_dbi dbi, char *cursor, size_t *cursor_len,
 
 /* Whether a key is in a database: 1, 0, or a negative errno. */
 int ledger_has(struct ledger *l, MDB_dbi dbi, const void *key, size_t len);
+
+/*
+ * ledger_outbox_read() - calls fn for up to max outbox records with a key
+ * above after, in order; value is the record as stored (commit time, then
+ * the batch). Returns how many, or a negative errno. The values are valid
+ * only during the call.
+ */
+typedef int (*ledger_outbox_fn)(uint64_t key, const void *value, size_t len,
+				void *ctx);
+int ledger_outbox_read(struct ledger *l, uint64_t after, size_t max,
+		       ledger_outbox_fn fn, void *ctx);
+/* Records in the outbox now; a negative errno if it cannot be told. */
+int64_t ledger_outbox_count(struct ledger *l);
+
+/*
+ * ledger_node_id() - this ledger's id among the hosts of a cluster: random
+ * bytes made the first time it is asked for, then kept in the meta table.
+ */
+int ledger_node_id(struct ledger *l, uint8_t id[LEDGER_PRODUCER_ID_LEN]);
 
 /* Clears reader slots of dead processes; returns how many, or -errno. */
 int ledger_reader_check(struct ledger *l);

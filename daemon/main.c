@@ -43,6 +43,17 @@ static const char usage_text[] =
 	"                         (DURATION: a number with ms, s, m, h or d)\n"
 	"      --no-sync          do not fsync each commit: faster, but a power\n"
 	"                         loss may lose the last commits (not a crash)\n"
+	"\n"
+	"Several hosts (NATS JetStream; see tallyd(8)):\n"
+	"      --cluster URL[,URL]...  publish this host's usages to a JetStream\n"
+	"                         stream and apply every other host's, so that\n"
+	"                         each ledger holds the cluster-wide totals\n"
+	"      --cluster-stream NAME   the stream (TALLY); subjects NAME.usage.>\n"
+	"      --cluster-replicas N    replicas of a stream tallyd creates (3)\n"
+	"      --cluster-max-age DURATION  how long the stream keeps records (7d;\n"
+	"                         0: for ever); a host down longer misses what\n"
+	"                         expired. --producer-ttl must be longer\n"
+	"\n"
 	"  -v, --verbose          log more (repeatable)\n"
 	"  -q, --quiet            log less (repeatable)\n"
 	"  -h, --help             show this help and exit\n"
@@ -59,6 +70,10 @@ enum {
 	OPT_SESSION_TTL,
 	OPT_PRODUCER_TTL,
 	OPT_METRICS_FILE,
+	OPT_CLUSTER,
+	OPT_CLUSTER_STREAM,
+	OPT_CLUSTER_REPLICAS,
+	OPT_CLUSTER_MAX_AGE,
 };
 
 static const struct option options[] = {
@@ -70,6 +85,10 @@ static const struct option options[] = {
 	{"session-ttl", required_argument, NULL, OPT_SESSION_TTL},
 	{"producer-ttl", required_argument, NULL, OPT_PRODUCER_TTL},
 	{"metrics-file", required_argument, NULL, OPT_METRICS_FILE},
+	{"cluster", required_argument, NULL, OPT_CLUSTER},
+	{"cluster-stream", required_argument, NULL, OPT_CLUSTER_STREAM},
+	{"cluster-replicas", required_argument, NULL, OPT_CLUSTER_REPLICAS},
+	{"cluster-max-age", required_argument, NULL, OPT_CLUSTER_MAX_AGE},
 	{"verbose", no_argument, NULL, 'v'},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
@@ -141,6 +160,76 @@ static uint64_t parse_duration(const char *s)
 	return UINT64_MAX;
 }
 
+/* A DURATION option's value; -1 (go on) or 2 (a usage error). */
+static int duration_arg(uint64_t *ms, const char *arg)
+{
+	*ms = parse_duration(arg);
+	if (*ms != UINT64_MAX)
+		return -1;
+	fprintf(stderr,
+		"tallyd: a duration is a number with ms, s, m, h or d "
+		"(7d, 90s), not '%s'\n",
+		arg);
+	return 2;
+}
+
+/* JetStream stream names: kept to what is safe in a subject too. */
+static bool stream_name_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 32)
+		return false;
+	return strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+			 "0123456789_-") == n;
+}
+
+static int parse_cluster(struct tallyd_config *cfg, int c, const char *arg)
+{
+	char *end;
+	long n;
+
+	switch (c) {
+	case OPT_CLUSTER:
+		if (arg[0] != '\0' && strchr(arg, ' ') == NULL) {
+			cfg->cluster_urls = arg;
+			return -1;
+		}
+		fprintf(stderr,
+			"tallyd: --cluster wants NATS URLs separated "
+			"by commas (nats://127.0.0.1:4222), not '%s'\n",
+			arg);
+		return 2;
+	case OPT_CLUSTER_STREAM:
+		cfg->cluster_options = true;
+		if (stream_name_ok(arg)) {
+			cfg->cluster_stream = arg;
+			return -1;
+		}
+		fprintf(stderr,
+			"tallyd: --cluster-stream wants 1 to 32 "
+			"letters, digits, '_' or '-', not '%s'\n",
+			arg);
+		return 2;
+	case OPT_CLUSTER_REPLICAS:
+		cfg->cluster_options = true;
+		errno = 0;
+		n = strtol(arg, &end, 10);
+		if (errno == 0 && *end == '\0' && n >= 1 && n <= 5) {
+			cfg->cluster_replicas = (int)n;
+			return -1;
+		}
+		fprintf(stderr,
+			"tallyd: --cluster-replicas wants 1 to 5, not '%s'\n",
+			arg);
+		return 2;
+	case OPT_CLUSTER_MAX_AGE:
+		cfg->cluster_options = true;
+		return duration_arg(&cfg->cluster_max_age_ms, arg);
+	}
+	return 2;
+}
+
 /* The options that take a value; 2 (a usage error) or -1 (go on). */
 static int parse_value(struct tallyd_config *cfg, int c, const char *arg)
 {
@@ -150,19 +239,37 @@ static int parse_value(struct tallyd_config *cfg, int c, const char *arg)
 	switch (c) {
 	case OPT_SESSION_TTL:
 	case OPT_PRODUCER_TTL:
-		*ttl = parse_duration(arg);
-		if (*ttl != UINT64_MAX)
-			return -1;
-		fprintf(stderr,
-			"tallyd: a duration is a number with ms, s, m, h or d "
-			"(7d, 90s), not '%s'\n",
-			arg);
-		return 2;
+		return duration_arg(ttl, arg);
 	case OPT_METRICS_FILE:
 		cfg->metrics_file = arg;
 		return -1;
 	}
-	return 2;
+	return parse_cluster(cfg, c, arg);
+}
+
+/*
+ * A producer's record is what makes a replayed stream record a repeat: it
+ * must outlive the records. --cluster-* options without --cluster would
+ * silently do nothing.
+ */
+static int check_cluster(const struct tallyd_config *cfg)
+{
+	if (cfg->cluster_urls == NULL && cfg->cluster_options) {
+		fputs("tallyd: --cluster-stream, --cluster-replicas and "
+		      "--cluster-max-age need --cluster\n",
+		      stderr);
+		return 2;
+	}
+	if (cfg->cluster_urls != NULL && cfg->producer_ttl_ms != 0 &&
+	    (cfg->cluster_max_age_ms == 0 ||
+	     cfg->producer_ttl_ms <= cfg->cluster_max_age_ms)) {
+		fputs("tallyd: with --cluster, --producer-ttl must be longer "
+		      "than --cluster-max-age (or 0): a stream record older "
+		      "than its producer's record would be counted again\n",
+		      stderr);
+		return 2;
+	}
+	return -1;
 }
 
 static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
@@ -189,6 +296,10 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 		case OPT_SESSION_TTL:
 		case OPT_PRODUCER_TTL:
 		case OPT_METRICS_FILE:
+		case OPT_CLUSTER:
+		case OPT_CLUSTER_STREAM:
+		case OPT_CLUSTER_REPLICAS:
+		case OPT_CLUSTER_MAX_AGE:
 			if ((rc = parse_value(cfg, c, optarg)) >= 0)
 				return rc;
 			break;
@@ -232,6 +343,8 @@ static int parse_args(struct tallyd_config *cfg, int argc, char **argv)
 			argv[optind]);
 		return 2;
 	}
+	if ((rc = check_cluster(cfg)) >= 0)
+		return rc;
 	log_set_level(level);
 	return -1;
 }
@@ -306,6 +419,7 @@ static int open_ledger(struct tallyd *d)
 static void teardown(struct tallyd *d)
 {
 	runtime_unbind(d);
+	cluster_stop(d);
 	committer_stop(d);
 	for (size_t i = 0; i < d->nwaiters; i++)
 		nn_freemsg(d->waiters[i].header);
@@ -333,6 +447,9 @@ static int start(struct tallyd *d)
 			strerror(-rc));
 		return rc;
 	}
+	rc = cluster_start(d);
+	if (rc < 0)
+		return rc;
 	rc = runtime_bind(d);
 	if (rc < 0)
 		return rc;
@@ -354,6 +471,9 @@ int main(int argc, char **argv)
 	d.cfg.max_pending = DEFAULT_MAX_PENDING;
 	d.cfg.session_ttl_ms = 7 * 86400000ull;
 	d.cfg.producer_ttl_ms = 30 * 86400000ull;
+	d.cfg.cluster_stream = "TALLY";
+	d.cfg.cluster_replicas = 3;
+	d.cfg.cluster_max_age_ms = 7 * 86400000ull;
 	d.lock_fd = d.signal_fd = d.ingest = d.control = -1;
 	d.committer.event_fd = -1;
 	if (runtime_std_fds() < 0)

@@ -93,6 +93,35 @@ static void put_tokens(struct tallyd *d, FILE *f)
 	}
 }
 
+/* With --cluster: the link, the outbox and the stream's consumer. */
+static void put_cluster(struct tallyd *d, FILE *f)
+{
+#define C(n, h)                                           \
+	put_metric(f, "tally_" #n "_total", "counter", h, \
+		   (double)STAT_GET(d, n))
+	C(published_records, "Outbox records JetStream stored.");
+	C(publish_failures, "Publish rounds not wholly stored.");
+	C(consumed_records, "Stream records taken by this host.");
+	C(remote_usages, "Usages of other hosts applied.");
+	C(remote_duplicates, "Stream usages already applied.");
+	C(remote_gaps, "Stream records asked for again: came too early.");
+	C(remote_malformed, "Stream messages dropped: not a batch.");
+	C(remote_refused, "Stream records refused: producer of another host.");
+#undef C
+	put_metric(f, "tally_cluster_ready", "gauge",
+		   "1 when connected to JetStream and set up.",
+		   STAT_GET(d, cluster_state) == 2 ? 1.0 : 0.0);
+	put_metric(f, "tally_outbox_unpublished", "gauge",
+		   "Outbox records JetStream has not stored yet.",
+		   (double)cluster_unpublished(d));
+	put_metric(f, "tally_outbox_age_seconds", "gauge",
+		   "Age of the oldest record not yet stored.",
+		   (double)cluster_outbox_age_ms(d) / 1e3);
+	put_metric(f, "tally_consumer_pending", "gauge",
+		   "Stream records waiting for this host.",
+		   (double)STAT_GET(d, consumer_pending));
+}
+
 static void put_all(struct tallyd *d, FILE *f)
 {
 	struct ledger_info li = {0};
@@ -132,6 +161,8 @@ static void put_all(struct tallyd *d, FILE *f)
 		   (double)STAT_GET(d, producers));
 	put_metric(f, "tally_uptime_seconds", "gauge", "Seconds since start.",
 		   (double)(now_ms() - d->start_ms) / 1e3);
+	if (d->cluster != NULL)
+		put_cluster(d, f);
 	put_tokens(d, f);
 }
 

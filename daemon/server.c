@@ -27,7 +27,7 @@
  */
 #define STOP_DRAIN_MS 250
 
-enum { FD_SIGNAL, FD_INGEST, FD_CONTROL, FD_COMMIT, NFDS };
+enum { FD_SIGNAL, FD_INGEST, FD_CONTROL, FD_COMMIT, FD_CLUSTER, NFDS };
 
 uint64_t now_ns(void)
 {
@@ -157,6 +157,7 @@ static void loop_once(struct tallyd *d, struct pollfd *fds,
 	/* A full aggregate pauses receiving: the sockets' buffers and then
 	 * the clients' queues hold the rest until the commit is done. */
 	fds[FD_INGEST].events = full ? 0 : POLLIN;
+	fds[FD_CLUSTER].events = full ? 0 : POLLIN;
 	if (poll(fds, NFDS, poll_timeout(d, *next_check)) < 0 &&
 	    errno != EINTR) {
 		log_err("main", "poll: %s", strerror(errno));
@@ -170,6 +171,8 @@ static void loop_once(struct tallyd *d, struct pollfd *fds,
 		ingest_drain(d, DRAIN_BATCH);
 	if (fds[FD_CONTROL].revents & POLLIN)
 		control_drain(d, DRAIN_BATCH);
+	if (fds[FD_CLUSTER].revents & POLLIN)
+		cluster_drain(d, DRAIN_BATCH);
 	committer_kick(d);
 	periodic(d, next_check);
 }
@@ -229,6 +232,8 @@ int server_run(struct tallyd *d)
 	fds[FD_INGEST] = (struct pollfd){in, POLLIN, 0};
 	fds[FD_CONTROL] = (struct pollfd){ctl, POLLIN, 0};
 	fds[FD_COMMIT] = (struct pollfd){d->committer.event_fd, POLLIN, 0};
+	/* A negative fd is left out by poll(): no cluster, nothing to wait on. */
+	fds[FD_CLUSTER] = (struct pollfd){cluster_event_fd(d), POLLIN, 0};
 	while (!d->stopping)
 		loop_once(d, fds, &next_check);
 	return shutdown_commit(d);

@@ -32,6 +32,13 @@ struct tallyd_config {
 	uint64_t session_ttl_ms;
 	uint64_t producer_ttl_ms;
 	const char *metrics_file;
+	/* --cluster: NATS URLs; NULL for a daemon of one host. */
+	const char *cluster_urls;
+	const char *cluster_stream;
+	int cluster_replicas;
+	uint64_t cluster_max_age_ms;
+	/* A --cluster-* option was given. */
+	bool cluster_options;
 };
 
 /* Counters for 'tallyctl stats'; names in stats_names[] of control.c. */
@@ -61,6 +68,22 @@ struct tallyd_stats {
 	_Atomic uint64_t purge_requests;
 	_Atomic uint64_t purged_sessions;
 	_Atomic uint64_t expired_producers;
+	/* With --cluster; see cluster.c. */
+	_Atomic uint64_t cluster_state;
+	_Atomic uint64_t outbox_entries;
+	_Atomic uint64_t outbox_last_key;
+	_Atomic uint64_t outbox_records_added;
+	_Atomic uint64_t published_records;
+	_Atomic uint64_t publish_failures;
+	_Atomic uint64_t consumed_records;
+	_Atomic uint64_t own_records;
+	_Atomic uint64_t remote_usages;
+	_Atomic uint64_t remote_duplicates;
+	_Atomic uint64_t remote_gaps;
+	_Atomic uint64_t remote_malformed;
+	_Atomic uint64_t remote_refused;
+	_Atomic uint64_t consumer_pending;
+	_Atomic uint64_t consume_lag_ms;
 };
 
 #define STAT_ADD(d, field, n) \
@@ -92,6 +115,11 @@ struct producer {
 	uint64_t last_ms;
 	/* A batch past accepted + 1 came: something before it was lost. */
 	bool gap;
+	/* With --cluster: as in struct ledger_producer. */
+	uint8_t node[LEDGER_PRODUCER_ID_LEN];
+	uint32_t flags;
+	uint32_t nranges;
+	struct ledger_range ranges[LEDGER_RANGES_MAX];
 };
 
 struct producer_map {
@@ -115,8 +143,13 @@ struct provider_tokens {
 	uint64_t tokens[5];
 };
 
+struct cluster;
+
 struct tallyd {
 	struct tallyd_config cfg;
+	/* NULL unless --cluster; then this host's id. */
+	struct cluster *cluster;
+	uint8_t node_id[LEDGER_PRODUCER_ID_LEN];
 	struct tally_paths paths;
 	struct tallyd_stats stats;
 	struct ledger ledger;
@@ -170,9 +203,28 @@ void runtime_unlock(struct tallyd *d);
 int runtime_bind(struct tallyd *d);
 void runtime_unbind(struct tallyd *d);
 
-/* ingest.c: usage batches from the PULL socket. */
+/* ingest.c: usage batches from the PULL socket, and from other hosts. */
 int ingest_drain(struct tallyd *d, unsigned max_messages);
 void ingest_handle(struct tallyd *d, const void *buf, size_t len);
+
+enum ingest_result {
+	/* In the filling aggregate, or already applied before. */
+	INGEST_APPLIED,
+	/* Follows a batch of its producer not yet applied. */
+	INGEST_GAP,
+	/* Not applied, or not wholly, for want of memory or of the ledger. */
+	INGEST_RETRY,
+	INGEST_MALFORMED,
+	/* A producer whose records come from another host. */
+	INGEST_REFUSED,
+};
+
+/*
+ * A batch another host committed, from the cluster's stream: applied
+ * through the same sequence checks as local ones, and not sent on.
+ */
+enum ingest_result ingest_remote(struct tallyd *d, const void *buf, size_t len,
+				 const uint8_t *node);
 void ingest_fini(void);
 struct producer *producer_get(struct tallyd *d, const uint8_t *id);
 /* The producer if it is in memory; never reads the ledger. */
@@ -205,6 +257,27 @@ void committer_kick(struct tallyd *d);
 /* Takes back a committed aggregate; true when one came back. */
 bool committer_reap(struct tallyd *d);
 bool committer_idle(struct tallyd *d);
+
+/*
+ * cluster.c: with --cluster, the outbox's publisher and the stream's
+ * consumer, on threads of their own, and what the main loop does for them.
+ */
+int cluster_start(struct tallyd *d);
+void cluster_stop(struct tallyd *d);
+/* The eventfd that says received records wait; -1 without a cluster. */
+int cluster_event_fd(struct tallyd *d);
+/* Applies up to max received records to the filling aggregate. */
+int cluster_drain(struct tallyd *d, unsigned max);
+/* Before a hand-over: what the aggregate should delete from the outbox;
+ * true when that alone is worth a commit. */
+bool cluster_prepare(struct tallyd *d, struct agg *a);
+/* After a commit of a (ok) or its failure: acks, or lets go of, what it
+ * held of the stream, and wakes the publisher. */
+void cluster_committed(struct tallyd *d, struct agg *a, bool ok);
+/* Milliseconds since the oldest record not yet in JetStream was committed. */
+uint64_t cluster_outbox_age_ms(struct tallyd *d);
+/* Outbox records not yet stored by JetStream. */
+uint64_t cluster_unpublished(struct tallyd *d);
 
 /* server.c: the main loop. */
 uint64_t oldest_reader_age_ms(struct tallyd *d);

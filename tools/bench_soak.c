@@ -93,19 +93,13 @@ static int wait_ready(const char *dir, unsigned timeout_ms)
 
 static int daemon_start(struct soak *s)
 {
-	char log[PATH_MAX + 16];
+	pid_t pid = bench_spawn_tallyd(s->tallyd, s->dir);
 
-	snprintf(log, sizeof(log), "%s/tallyd.log", s->dir);
-	s->daemon = fork();
-	if (s->daemon < 0)
-		return -errno;
-	if (s->daemon == 0) {
-		if (freopen(log, "a", stderr) == NULL)
-			_exit(126);
-		execl(s->tallyd, s->tallyd, "--dir", s->dir, "-q",
-		      (char *)NULL);
-		_exit(127);
-	}
+	/* Never a negative pid in s->daemon: kill() would take it as a
+	 * process group. */
+	if (pid < 0)
+		return (int)pid;
+	s->daemon = pid;
 	return wait_ready(s->dir, 5000);
 }
 

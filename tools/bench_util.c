@@ -66,3 +66,21 @@ void bench_print_command(int argc, char **argv)
 	}
 	putchar('\n');
 }
+
+pid_t bench_spawn_tallyd(const char *tallyd, const char *dir)
+{
+	char log[PATH_MAX + 16];
+	pid_t pid;
+
+	snprintf(log, sizeof(log), "%s/tallyd.log", dir);
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		if (freopen(log, "a", stderr) == NULL)
+			_exit(126);
+		execl(tallyd, tallyd, "--dir", dir, "-q", (char *)NULL);
+		_exit(127);
+	}
+	return pid;
+}

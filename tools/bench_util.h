@@ -5,6 +5,7 @@
 #define TALLY_BENCH_UTIL_H
 
 #include <stddef.h>
+#include <sys/types.h>
 
 /*
  * bench_find_tallyd() - the daemon to start: given (from --tallyd) if not
@@ -13,6 +14,12 @@
  * to buf; 0, or -ENOENT when none is executable.
  */
 int bench_find_tallyd(const char *given, char *buf, size_t len);
+
+/*
+ * bench_spawn_tallyd() - starts tallyd -q on dir, its log appended to
+ * dir/tallyd.log; its pid, or a negative errno. Does not wait for it.
+ */
+pid_t bench_spawn_tallyd(const char *tallyd, const char *dir);
 
 /* Prints argv, quoted so that a shell would run the same command. */
 void bench_print_command(int argc, char **argv);

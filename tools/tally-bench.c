@@ -41,8 +41,10 @@
 
 #include <jansson.h>
 
+#include "bench_cluster.h"
 #include "bench_compare.h"
 #include "bench_soak.h"
+#include "bench_steady.h"
 #include "bench_util.h"
 #include "tally.h"
 
@@ -132,6 +134,9 @@ static const char usage_text[] =
 	"                   --records M --sessions K --llms L [--seed S]\n"
 	"       tally-bench --estimate FILE [--model M] [--gpt-tokenizer DIR]\n"
 	"       tally-bench --estimate-error DIR\n"
+	"       tally-bench --compare ...   (see tally-bench --compare --help)\n"
+	"       tally-bench --soak ROUNDS ...   (tally-bench --soak --help)\n"
+	"       tally-bench --steady SECONDS ...   (tally-bench --steady --help)\n"
 	"\n"
 	"Fork N worker processes that each record M usages over K sessions\n"
 	"and L LLMs, then time tally_sync and snapshots, and check that every\n"
@@ -1605,9 +1610,15 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--soak") == 0 ||
 		    strncmp(argv[i], "--soak=", 7) == 0)
 			return bench_soak(argc, argv);
-	for (int i = 1; i < argc; i++)
+	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--compare") == 0)
 			return bench_compare(argc, argv);
+		if (strcmp(argv[i], "--cluster") == 0)
+			return bench_cluster(argc, argv);
+		if (strcmp(argv[i], "--steady") == 0 ||
+		    strncmp(argv[i], "--steady=", 9) == 0)
+			return bench_steady(argc, argv);
+	}
 	rc = parse_options(&b, argc, argv);
 	if (rc != RC_GO_ON)
 		return rc;
