@@ -16,7 +16,12 @@
 #include "paths.h"
 #include "tally.h"
 
-/* queue.c: usages recorded but not yet known to be committed. */
+/*
+ * queue.c: usages recorded but not yet known to be committed. Their packed
+ * bytes live in one ring owned by the queue, in sequence order, so that a
+ * record costs no allocation; data points into it and is valid until the
+ * next queue_reserve() (which may move the ring) or until trimmed.
+ */
 struct qentry {
 	uint64_t seq;
 	/* Hash of the session id, to find a session's entries quickly. */
@@ -32,14 +37,29 @@ struct queue {
 	size_t count;
 	/* Entries from head on that were sent at least once. */
 	size_t sent;
+	/* The ring of packed usages, and where the next one goes. */
+	uint8_t *bytes;
+	size_t bytes_cap;
+	size_t tail;
+	/* The tail has wrapped to the start, before the head entry's bytes. */
+	bool wrapped;
+	/* Where the last reservation starts. */
+	size_t reserved;
 };
 
 int queue_init(struct queue *q, size_t cap);
 void queue_fini(struct queue *q);
 struct qentry *queue_at(struct queue *q, size_t i);
-/* Takes ownership of data; -ENOBUFS when full. */
-int queue_push(struct queue *q, uint64_t seq, uint64_t session_hash,
-	       uint8_t *data, uint32_t len);
+/*
+ * Room for a usage of up to max bytes at the tail of the ring, in *out, to
+ * be written and then added by queue_push() or abandoned; nothing else may
+ * change the queue in between. -ENOBUFS when the queue is full, -ENOMEM
+ * when the ring cannot grow.
+ */
+int queue_reserve(struct queue *q, size_t max, uint8_t **out);
+/* Adds the usage written in the last reservation: len is at most its max. */
+void queue_push(struct queue *q, uint64_t seq, uint64_t session_hash,
+		uint32_t len);
 /* Drops the entries up to and including seq. */
 void queue_trim(struct queue *q, uint64_t seq);
 /* Marks the entries from seq on as not sent. */
@@ -94,6 +114,18 @@ struct tally {
 	uint64_t accepted;
 	uint64_t accepted_ms;
 	struct queue q;
+	/*
+	 * The sender thread, started the first time a flush leaves usages
+	 * unsent: it sends them once the pipe takes them, and resends what
+	 * was lost, so that a burst that ends on a full pipe does not wait
+	 * for the next call. A fork() child has none until it needs one.
+	 */
+	pthread_t sender;
+	/* Signalled when usages wait and the sender is idle, or to stop. */
+	pthread_cond_t wake;
+	bool sender_on;
+	bool sender_idle;
+	bool sender_stop;
 	int push;
 	int req;
 	struct reader *reader;

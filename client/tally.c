@@ -4,8 +4,16 @@
  * A usage is packed once, when it is recorded, and kept packed in the
  * handle's queue until the ledger shows it committed; a send, or a resend,
  * only concatenates queued usages behind a batch header.
+ *
+ * A record sends at once when the pipe has room. What a full pipe refuses
+ * is sent by the handle's sender thread, started the first time it is
+ * needed, as soon as the pipe takes it: not at the handle's next call,
+ * which for an idle worker may never come.
  */
 #include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -42,6 +50,44 @@
 #define RESEND_AFTER_MS 2000
 /* Longest the daemon holds one sync request before it answers. */
 #define SYNC_WAIT_MS 100
+/*
+ * The PUSH socket's send buffer. nanomsg refuses a send (EAGAIN) only
+ * once the kernel's buffer of the connection is full, and only then does
+ * flush() put several usages in one message. 1 MiB (which the kernel
+ * doubles) let a busy producer run far ahead of the daemon one usage a
+ * message; at 64 KiB usages coalesce as soon as the daemon is behind, and
+ * a whole batch (DEFAULT_MAX_MESSAGE) still fits in the buffer.
+ */
+#define PUSH_SNDBUF (64 * 1024)
+/*
+ * Longest the sender thread waits on nanomsg's send fd before it looks
+ * again: the fd it polls may have been closed (a fork, a close) meanwhile.
+ */
+#define SENDER_WAIT_MS 100
+/* Its pause after the fd said ready and the pipe still took nothing. */
+#define SENDER_RETRY_MS 10
+/*
+ * How often it looks at the ledger while what it sent is unconfirmed: a
+ * fork() or a daemon restart can lose sent usages, and an idle handle
+ * has no call that would resend them (after RESEND_AFTER_MS).
+ */
+#define SENDER_CONFIRM_MS (RESEND_AFTER_MS / 4)
+
+/*
+ * The batch being built, kept between calls in front of batch_buf: while
+ * the pipe is full every record appends its usage to it, instead of
+ * rebuilding a batch of up to batch_limit bytes only to be refused again.
+ * It holds n usages from sequence first on, in len bytes without the
+ * count that ends a message; n 0 means there is none.
+ */
+struct outbox {
+	size_t len;
+	size_t n;
+	uint64_t first;
+	/* The last send found the pipe full. */
+	bool blocked;
+	uint8_t buf[];
+};
 
 volatile unsigned long tally_fork_gen;
 
@@ -55,6 +101,35 @@ uint64_t tally_now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static struct outbox *outbox_of(struct tally *t)
+{
+	return (struct outbox *)(t->batch_buf - offsetof(struct outbox, buf));
+}
+
+static uint8_t *outbox_new(size_t size)
+{
+	struct outbox *ob = malloc(sizeof(*ob) + size);
+
+	if (ob == NULL)
+		return NULL;
+	ob->len = ob->n = 0;
+	ob->first = 0;
+	ob->blocked = false;
+	return ob->buf;
+}
+
+static void outbox_free(uint8_t *buf)
+{
+	if (buf != NULL)
+		free(buf - offsetof(struct outbox, buf));
+}
+
+/* Forgets the batch being built: its usages are sent anew, rebuilt. */
+static void outbox_drop(struct tally *t)
+{
+	outbox_of(t)->n = 0;
 }
 
 static void close_sockets(struct tally *t)
@@ -88,9 +163,28 @@ static void atfork_parent(void)
 	pthread_mutex_unlock(&handles_lock);
 }
 
+static void wake_init(pthread_cond_t *c)
+{
+	pthread_condattr_t a;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(c, &a);
+	pthread_condattr_destroy(&a);
+}
+
+/*
+ * The child has no sender thread, whatever the parent had, and the
+ * condition variable may still count the parent's sender as a waiter:
+ * made anew, it would otherwise block its destruction for good.
+ */
 static void atfork_child(void)
 {
 	tally_fork_gen++;
+	for (struct tally *t = handles; t != NULL; t = t->next) {
+		t->sender_on = t->sender_idle = t->sender_stop = false;
+		wake_init(&t->wake);
+	}
 	atfork_parent();
 }
 
@@ -122,7 +216,7 @@ static int new_producer(struct tally *t)
 static int open_socket(int protocol, const char *url)
 {
 	int s = nn_socket(AF_SP, protocol);
-	int ivl = 100, buf = 1 << 20;
+	int ivl = 100, buf = PUSH_SNDBUF;
 
 	if (s < 0)
 		return -nn_errno();
@@ -174,6 +268,7 @@ static int check_fork(struct tally *t)
 	if (t->fork_gen == tally_fork_gen)
 		return 0;
 	queue_fini(&t->q);
+	outbox_drop(t);
 	t->reader = NULL;
 	t->push = t->req = -1;
 	t->fork_gen = tally_fork_gen;
@@ -221,7 +316,7 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 		return -EINVAL;
 	}
 	/* The first usage of a batch may take it to its limit, then more. */
-	t->batch_buf = malloc(t->max_message + BATCH_HEADER_MAX);
+	t->batch_buf = outbox_new(t->max_message + BATCH_HEADER_MAX);
 	if (t->batch_buf == NULL) {
 		rc = -ENOMEM;
 		goto fail;
@@ -231,6 +326,7 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 	    (rc = new_producer(t)) < 0 || (rc = ensure_sockets(t)) < 0)
 		goto fail;
 	pthread_mutex_init(&t->lock, NULL);
+	wake_init(&t->wake);
 	pthread_mutex_lock(&handles_lock);
 	t->next = handles;
 	if (handles != NULL)
@@ -242,7 +338,7 @@ int tally_open_ex(struct tally **out, const struct tally_options *opts)
 fail:
 	close_sockets(t);
 	queue_fini(&t->q);
-	free(t->batch_buf);
+	outbox_free(t->batch_buf);
 	free(t);
 	return rc;
 }
@@ -272,6 +368,7 @@ int tally_reader(struct tally *t, struct reader **r)
 static void resend_from(struct tally *t, uint64_t seq)
 {
 	queue_rewind(&t->q, seq);
+	outbox_drop(t);
 	t->one_by_one = true;
 	/* And batches shrink, in case the limit is what lost them. */
 	if (t->batch_limit / 2 >= MIN_BATCH_LIMIT)
@@ -344,39 +441,81 @@ static size_t put_usage(uint8_t *buf, const struct qentry *e)
 	return n + e->len;
 }
 
-/* Builds one message from the unsent entries; returns how many it took. */
-static size_t build_batch(struct tally *t, uint8_t *buf, size_t *len)
+/*
+ * Whether the batch being built still starts at the first unsent usage:
+ * a rewind, a fork or a control request drops it, and a trim of usages
+ * committed after a rewind can move the first unsent one past it.
+ */
+static bool outbox_current(struct tally *t, const struct outbox *ob)
 {
-	struct qentry *e = queue_at(&t->q, t->q.sent);
-	size_t n = put_header(t, e->seq, buf), i;
-
-	for (i = t->q.sent; i < t->q.count; i++) {
-		e = queue_at(&t->q, i);
-		if (i > t->q.sent &&
-		    (t->one_by_one ||
-		     n + e->len + BATCH_USAGE_OVERHEAD > t->batch_limit))
-			break;
-		n += put_usage(buf + n, e);
-	}
-	buf[n++] = 4 << 3;
-	n += put_varint(buf + n, i - t->q.sent);
-	*len = n;
-	return i - t->q.sent;
+	return ob->n > 0 && t->q.sent + ob->n <= t->q.count &&
+	       queue_at(&t->q, t->q.sent)->seq == ob->first;
 }
 
-/* Sends what is unsent, without blocking; a full pipe leaves it queued. */
+/* Appends unsent usages to the batch being built while they fit. */
+static void outbox_fill(struct tally *t, struct outbox *ob)
+{
+	struct qentry *e;
+
+	if (!outbox_current(t, ob)) {
+		e = queue_at(&t->q, t->q.sent);
+		ob->first = e->seq;
+		ob->n = 0;
+		ob->len = put_header(t, e->seq, ob->buf);
+	}
+	for (size_t i = t->q.sent + ob->n; i < t->q.count; i++) {
+		e = queue_at(&t->q, i);
+		if (ob->n > 0 &&
+		    (t->one_by_one ||
+		     ob->len + e->len + BATCH_USAGE_OVERHEAD > t->batch_limit))
+			break;
+		ob->len += put_usage(ob->buf + ob->len, e);
+		ob->n++;
+	}
+}
+
+/*
+ * Whether the PUSH socket can take a message now. nn_send() copies the
+ * whole message before it finds the pipe full, so while the daemon is
+ * behind, a refused send of a growing batch would cost every record a
+ * copy of up to batch_limit bytes; a poll of nanomsg's send fd does not.
+ */
+static bool push_ready(struct tally *t)
+{
+	struct pollfd p = {.events = POLLIN};
+	size_t sz = sizeof(p.fd);
+
+	if (nn_getsockopt(t->push, NN_SOL_SOCKET, NN_SNDFD, &p.fd, &sz) < 0)
+		return true;
+	return poll(&p, 1, 0) > 0;
+}
+
+/*
+ * Sends what is unsent, without blocking; a full pipe leaves it queued,
+ * and the batch built for it waits in the outbox for the next flush.
+ */
 static int flush(struct tally *t)
 {
-	uint8_t *buf = t->batch_buf;
-	size_t len, taken;
+	struct outbox *ob = outbox_of(t);
+	size_t len;
 
 	if (ensure_sockets(t) < 0)
 		return -EAGAIN;
 	while (t->q.sent < t->q.count) {
-		taken = build_batch(t, buf, &len);
-		if (nn_send(t->push, buf, len, NN_DONTWAIT) < 0)
+		outbox_fill(t, ob);
+		if (ob->blocked && !push_ready(t))
+			return -EAGAIN;
+		/* The count goes last; the next append writes over it. */
+		len = ob->len;
+		ob->buf[len++] = 4 << 3;
+		len += put_varint(ob->buf + len, ob->n);
+		if (nn_send(t->push, ob->buf, len, NN_DONTWAIT) < 0) {
+			ob->blocked = nn_errno() == EAGAIN;
 			return -nn_errno();
-		t->q.sent += taken;
+		}
+		ob->blocked = false;
+		t->q.sent += ob->n;
+		ob->n = 0;
 	}
 	return 0;
 }
@@ -399,6 +538,130 @@ static void maintain(struct tally *t, bool force)
 		resend_from(t, t->committed + 1);
 		t->progress_ms = now;
 	}
+}
+
+/*
+ * Waits, with the lock released so that recorders go on, until nanomsg
+ * says the pipe may take a message, or SENDER_WAIT_MS. Returns whether
+ * the fd said ready; an fd nanomsg does not give makes poll() a sleep.
+ */
+static bool sender_wait_pipe(struct tally *t)
+{
+	struct pollfd p = {.fd = -1, .events = POLLIN};
+	size_t sz = sizeof(p.fd);
+	int n;
+
+	if (nn_getsockopt(t->push, NN_SOL_SOCKET, NN_SNDFD, &p.fd, &sz) < 0)
+		p.fd = -1;
+	pthread_mutex_unlock(&t->lock);
+	n = poll(&p, 1, SENDER_WAIT_MS);
+	pthread_mutex_lock(&t->lock);
+	return n > 0;
+}
+
+/* Waits for a stop, or ms, with the lock released. */
+static void sender_sleep(struct tally *t, int ms)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_nsec += (long)ms * 1000000;
+	ts.tv_sec += ts.tv_nsec / 1000000000;
+	ts.tv_nsec %= 1000000000;
+	pthread_cond_timedwait(&t->wake, &t->lock, &ts);
+}
+
+/*
+ * With nothing unsent, waits for a flush that leaves some behind, or a
+ * close. While what was sent is unconfirmed it wakes now and then to learn
+ * what the ledger has, and to resend what was lost as a call would.
+ */
+static void sender_idle(struct tally *t)
+{
+	t->sender_idle = true;
+	if (t->q.count == 0)
+		pthread_cond_wait(&t->wake, &t->lock);
+	else
+		sender_sleep(t, SENDER_CONFIRM_MS);
+	t->sender_idle = false;
+	if (!t->sender_stop)
+		maintain(t, false);
+}
+
+/*
+ * The sender thread: while usages are unsent it waits for the pipe and
+ * flushes, under the handle's lock like any call; with nothing unsent it
+ * sleeps until a flush leaves some behind or the handle closes. Without a
+ * socket (closed for a fork) it flushes at once, which reopens it. A flush
+ * that sent nothing (the fd was stale, a recorder took the room first, or
+ * the socket cannot be made) is followed by a pause before the next poll,
+ * so that the thread cannot spin whatever the fd says.
+ */
+static void *sender_main(void *arg)
+{
+	struct tally *t = arg;
+	bool stuck = false;
+	size_t sent;
+
+	pthread_mutex_lock(&t->lock);
+	while (!t->sender_stop) {
+		if (t->q.sent == t->q.count) {
+			sender_idle(t);
+			stuck = false;
+			continue;
+		}
+		if (stuck) {
+			stuck = false;
+			sender_sleep(t, t->push < 0 ? SENDER_WAIT_MS
+						    : SENDER_RETRY_MS);
+			continue;
+		}
+		if (t->push >= 0 && !sender_wait_pipe(t))
+			continue;
+		sent = t->q.sent;
+		flush(t);
+		stuck = t->q.sent == sent;
+	}
+	pthread_mutex_unlock(&t->lock);
+	return NULL;
+}
+
+/*
+ * Hands what a call left unsent to the sender thread, starting it the
+ * first time. Called with the lock held. The thread takes no signal: the
+ * application's handlers keep running in its own threads.
+ */
+static void sender_kick(struct tally *t)
+{
+	sigset_t all, old;
+
+	if (t->q.sent == t->q.count || t->sender_stop)
+		return;
+	if (t->sender_on) {
+		if (t->sender_idle)
+			pthread_cond_signal(&t->wake);
+		return;
+	}
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	/* Without a thread, the next call sends them, as it always did. */
+	t->sender_on = pthread_create(&t->sender, NULL, sender_main, t) == 0;
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* Stops the sender thread for good; the caller then sends the rest. */
+static void sender_join(struct tally *t)
+{
+	bool on;
+
+	pthread_mutex_lock(&t->lock);
+	t->sender_stop = true;
+	on = t->sender_on;
+	pthread_cond_signal(&t->wake);
+	pthread_mutex_unlock(&t->lock);
+	if (on)
+		pthread_join(t->sender, NULL);
+	t->sender_on = false;
 }
 
 /* Room for the fixed fields of a usage: 7 varints and their tags. */
@@ -428,17 +691,11 @@ static size_t put_uint(uint8_t *p, unsigned field, uint64_t v)
  * the daemon still decodes with protobuf-c, and the fuzz target and the
  * exactly-once tests hold the two to each other.
  */
-static int pack_usage(const struct usage_view *v, uint8_t **out, uint32_t *len)
+static size_t pack_usage(const struct usage_view *v, uint8_t *p)
 {
-	size_t cap = USAGE_FIXED_MAX, n = 0;
 	struct timespec ts;
-	uint8_t *p;
+	size_t n = 0;
 
-	for (int i = 0; i < USAGE_NSTR; i++)
-		cap += 11 + v->len[i];
-	p = malloc(cap);
-	if (p == NULL)
-		return -ENOMEM;
 	for (int i = 0; i < USAGE_NSTR; i++)
 		if (i <= USAGE_LLM || v->len[i] > 0)
 			n += put_bytes(p + n, (unsigned)i + 1, v->str[i],
@@ -456,9 +713,17 @@ static int pack_usage(const struct usage_view *v, uint8_t **out, uint32_t *len)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	n += put_uint(p + n, 12,
 		      (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
-	*out = p;
-	*len = (uint32_t)n;
-	return 0;
+	return n;
+}
+
+/* The most bytes pack_usage() writes for v. */
+static size_t packed_max(const struct usage_view *v)
+{
+	size_t max = USAGE_FIXED_MAX;
+
+	for (int i = 0; i < USAGE_NSTR; i++)
+		max += 11 + v->len[i];
+	return max;
 }
 
 static int sync_locked(struct tally *t, int timeout_ms);
@@ -486,31 +751,32 @@ static int make_room(struct tally *t)
 	return -ENOBUFS;
 }
 
+/*
+ * Packs the usage straight into the queue's storage. What the pipe does
+ * not take now, the sender thread sends once it can; when the pipe has
+ * room, which is the usual case, no thread is woken.
+ */
 static int record_view(struct tally *t, const struct usage_view *v)
 {
 	uint8_t *data;
-	uint32_t len;
+	size_t len;
 	int rc;
 
-	if ((rc = make_room(t)) < 0 || (rc = pack_usage(v, &data, &len)) < 0)
+	if ((rc = make_room(t)) < 0 ||
+	    (rc = queue_reserve(&t->q, packed_max(v), &data)) < 0)
 		return rc;
-	if (len + BATCH_USAGE_OVERHEAD + BATCH_HEADER_MAX > t->max_message) {
-		free(data);
+	len = pack_usage(v, data);
+	if (len + BATCH_USAGE_OVERHEAD + BATCH_HEADER_MAX > t->max_message)
 		return -EMSGSIZE;
-	}
-	rc = queue_push(
-		&t->q, t->last_seq + 1,
-		hash_session(v->str[USAGE_SESSION], v->len[USAGE_SESSION]),
-		data, len);
-	if (rc < 0) {
-		free(data);
-		return rc;
-	}
+	queue_push(&t->q, t->last_seq + 1,
+		   hash_session(v->str[USAGE_SESSION], v->len[USAGE_SESSION]),
+		   (uint32_t)len);
 	if (t->q.count == 1)
 		t->progress_ms = tally_now_ms();
 	t->last_seq++;
 	flush(t);
 	maintain(t, false);
+	sender_kick(t);
 	return 0;
 }
 
@@ -566,6 +832,8 @@ static int control_call(struct tally *t, const Tally__Request *req,
 		return -EMSGSIZE;
 	if (ensure_sockets(t) < 0)
 		return -EAGAIN;
+	/* The request takes the buffer the next batch was being built in. */
+	outbox_drop(t);
 	tally__request__pack(req, t->batch_buf);
 	nn_setsockopt(t->req, NN_SOL_SOCKET, NN_SNDTIMEO, &timeout_ms,
 		      sizeof(timeout_ms));
@@ -652,6 +920,35 @@ static void pause_ms(int ms)
 	nanosleep(&ts, NULL);
 }
 
+/*
+ * Sends everything unsent, waiting for the pipe while the daemon drains
+ * it. A sync must not leave usages behind a full pipe: the daemon would
+ * hold the request for usages that are not on their way. Gives up when
+ * the pipe stays full for a whole wait, or said it had room and took
+ * nothing: the sync round then learns why.
+ */
+static void flush_until(struct tally *t, uint64_t deadline)
+{
+	struct pollfd p = {.events = POLLIN};
+	size_t sz = sizeof(p.fd), sent;
+	bool waited = false;
+	int left;
+
+	for (;;) {
+		sent = t->q.sent;
+		if (flush(t) != -EAGAIN || t->push < 0 ||
+		    (waited && t->q.sent == sent))
+			return;
+		left = remaining_ms(deadline);
+		if (left <= 0 ||
+		    nn_getsockopt(t->push, NN_SOL_SOCKET, NN_SNDFD, &p.fd,
+				  &sz) < 0 ||
+		    poll(&p, 1, left < SYNC_WAIT_MS ? left : SYNC_WAIT_MS) <= 0)
+			return;
+		waited = true;
+	}
+}
+
 static int sync_locked(struct tally *t, int timeout_ms)
 {
 	uint64_t deadline = timeout_ms < 0
@@ -665,8 +962,11 @@ static int sync_locked(struct tally *t, int timeout_ms)
 		return 0;
 	/* Bounded by the deadline: every round waits or sleeps. */
 	while ((left = remaining_ms(deadline)) > 0 || timeout_ms == 0) {
-		flush(t);
-		rc = sync_round(t, left);
+		if (timeout_ms == 0)
+			flush(t);
+		else
+			flush_until(t, deadline);
+		rc = sync_round(t, remaining_ms(deadline));
 		if (t->q.count == 0)
 			return 0;
 		if (rc < 0)
@@ -686,6 +986,8 @@ int tally_sync(struct tally *t, int timeout_ms)
 	if ((rc = tally_enter_locked(t)) < 0)
 		return rc;
 	rc = sync_locked(t, timeout_ms);
+	/* A sync that timed out may leave usages behind a full pipe. */
+	sender_kick(t);
 	pthread_mutex_unlock(&t->lock);
 	return rc;
 }
@@ -715,6 +1017,8 @@ void tally_close(struct tally *t)
 	if (t->next != NULL)
 		t->next->prev = t->prev;
 	pthread_mutex_unlock(&handles_lock);
+	/* Before the last sync, which sends the rest itself. */
+	sender_join(t);
 	if (t->close_timeout_ms >= 0 && tally_enter_locked(t) == 0) {
 		sync_locked(t, t->close_timeout_ms);
 		pthread_mutex_unlock(&t->lock);
@@ -722,8 +1026,9 @@ void tally_close(struct tally *t)
 	close_sockets(t);
 	reader_put(t->reader);
 	queue_fini(&t->q);
+	pthread_cond_destroy(&t->wake);
 	pthread_mutex_destroy(&t->lock);
-	free(t->batch_buf);
+	outbox_free(t->batch_buf);
 	free(t);
 }
 

@@ -19,12 +19,19 @@
  *
  * Threads: a handle may be used from several threads; calls on one handle
  * are serialised by a lock inside it. Handles are independent of each other.
+ * When the daemon first falls behind a handle, so that usages wait unsent,
+ * the handle starts one thread of its own that sends them as soon as the
+ * daemon takes them, with no further call; it blocks every signal and
+ * tally_close() joins it. Usages recorded while the daemon keeps up are
+ * sent by the call that records them, and several that wait go in one
+ * message.
  *
  * fork(): a handle survives fork() in both processes. In the child it
  * becomes a new producer with an empty queue on its next call: what the
  * parent had queued belongs to the parent, which alone resends it. The
  * library closes its sockets in the parent before a fork and reopens them
- * on the next call, because nanomsg's threads do not survive fork().
+ * on the next call, because nanomsg's threads do not survive fork(). A
+ * child has no sending thread until it needs one; the parent's goes on.
  */
 #ifndef TALLY_H
 #define TALLY_H

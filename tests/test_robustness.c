@@ -662,6 +662,52 @@ static void test_robustness_stopped_daemon_bounded_queue(void **state)
 	harness_stop_daemon(h);
 }
 
+/*
+ * Enough usages to fill the pipe many times over: about 100 bytes each,
+ * against the client's 64 KiB send buffer (doubled by the kernel) and
+ * what the socket pair holds while the daemon reads nothing.
+ */
+#define BURST_RECORDS 8000
+/* How long the burst may take to show in another handle's snapshot. */
+#define BURST_WAIT_MS 10000
+
+/*
+ * A burst that ends while the pipe is full reaches the ledger with no
+ * further call on its handle: the handle's sender thread sends what the
+ * pipe refused once the daemon drains it.
+ */
+static void test_robustness_burst_on_full_pipe_sent_while_idle(void **state)
+{
+	struct tally_usage u = harness_usage("burst", "llm", 2, 3);
+	struct harness *h = *state;
+	struct tally *t, *reader;
+	uint64_t in = 0, out = 0, start;
+
+	harness_start(h, NULL);
+	assert_int_equal(tally_open(&t, h->dir), 0);
+	assert_int_equal(tally_open(&reader, h->dir), 0);
+	assert_int_equal(kill(h->daemon, SIGSTOP), 0);
+	wait_stopped(h->daemon);
+	for (int i = 0; i < BURST_RECORDS; i++)
+		assert_int_equal(tally_record(t, &u), 0);
+	assert_int_equal(kill(h->daemon, SIGCONT), 0);
+	/* From here on t is left alone until it is closed. */
+	start = mono_ms();
+	while (in < 2 * BURST_RECORDS && mono_ms() - start < BURST_WAIT_MS) {
+		harness_sleep_ms(20);
+		harness_counts(reader, "burst", "llm", &in, &out);
+	}
+	assert_int_equal(in, 2 * BURST_RECORDS);
+	assert_int_equal(out, 3 * BURST_RECORDS);
+	/* Closing syncs what is left: nothing, and nothing twice. */
+	tally_close(t);
+	harness_counts(reader, "burst", "llm", &in, &out);
+	assert_int_equal(in, 2 * BURST_RECORDS);
+	assert_int_equal(out, 3 * BURST_RECORDS);
+	tally_close(reader);
+	harness_stop_daemon(h);
+}
+
 /* ---- Scenario 5: SIGTERM under load ---- */
 
 /* The last bytes of the daemon's log, kept until the next call. */
@@ -1992,6 +2038,8 @@ int main(void)
 		harness_test(
 			test_robustness_committed_batch_resent_after_restart),
 		harness_test(test_robustness_stopped_daemon_bounded_queue),
+		harness_test(
+			test_robustness_burst_on_full_pipe_sent_while_idle),
 		robust_test(
 			test_robustness_sigterm_under_load_keeps_acknowledged),
 		harness_test(test_robustness_killed_daemon_restarts_fast),
