@@ -8,7 +8,9 @@
  *   producers  16-byte producer id               -> struct ledger_producer
  *   meta       name                              -> value ("schema": u32)
  *   outbox     u64 big-endian record number      -> u64 commit time (ns),
- *                                                   then a packed Batch
+ *                                                   8 random bytes (in
+ *                                                   the message id), then
+ *                                                   a packed Batch
  *
  * The outbox is used with --cluster only: the local usages a commit
  * counted, kept until JetStream has stored them.

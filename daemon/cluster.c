@@ -33,6 +33,8 @@
 #endif
 #define MODULE_NAME "tally-cluster.so"
 
+/* Producer, first sequence number and nonce, in hex and decimal. */
+#define RECORD_ID_MAX 80
 /* Records sent before waiting for JetStream's acks, and the wait. */
 #define PUBLISH_WINDOW 256
 #define PUBLISH_TIMEOUT_MS 1000
@@ -61,7 +63,7 @@ struct pub_round {
 	uint64_t key[PUBLISH_WINDOW];
 	uint64_t committed_ns[PUBLISH_WINDOW];
 	size_t off[PUBLISH_WINDOW];
-	char id[PUBLISH_WINDOW][64];
+	char id[PUBLISH_WINDOW][RECORD_ID_MAX];
 	size_t n;
 	char *buf;
 	size_t len;
@@ -172,12 +174,15 @@ static unsigned next_backoff(unsigned ms)
 /*
  * The message id: the producer and the first sequence number of the
  * record, read back from the Batch the committer wrote (producer field,
- * then first_seq). A record published again has the same id, so JetStream
- * drops it within its duplicate window; past that, the sequence checks of
- * the hosts that consume it do.
+ * then first_seq), and the record's random nonce. A record published again
+ * has the same id, so JetStream drops it within its duplicate window; past
+ * that, the sequence checks of the hosts that consume it do. The nonce
+ * keeps the id of a record not yet published from being guessed.
  */
-static int record_id(char *id, const uint8_t *b, size_t len)
+static int record_id(char *id, const uint8_t *nonce, const uint8_t *b,
+		     size_t len)
 {
+	char random[17];
 	uint64_t seq = 0;
 	size_t at = 2 + LEDGER_PRODUCER_ID_LEN + 1;
 	char producer[2 * LEDGER_PRODUCER_ID_LEN + 1];
@@ -191,14 +196,15 @@ static int record_id(char *id, const uint8_t *b, size_t len)
 			break;
 	}
 	hex(producer, b + 2, LEDGER_PRODUCER_ID_LEN);
-	snprintf(id, 64, "%s-%" PRIu64, producer, seq);
+	hex(random, nonce, 8);
+	snprintf(id, RECORD_ID_MAX, "%s-%" PRIu64 "-%s", producer, seq, random);
 	return 0;
 }
 
 static int collect(uint64_t key, const void *value, size_t len, void *ctx)
 {
 	struct pub_round *r = ctx;
-	size_t n = len - 8;
+	size_t n = len - 16;
 
 	if (r->len + n > r->cap) {
 		size_t cap = r->cap ? r->cap : 65536;
@@ -212,7 +218,8 @@ static int collect(uint64_t key, const void *value, size_t len, void *ctx)
 		r->buf = buf;
 		r->cap = cap;
 	}
-	if (record_id(r->id[r->n], (const uint8_t *)value + 8, n) < 0) {
+	if (record_id(r->id[r->n], (const uint8_t *)value + 8,
+		      (const uint8_t *)value + 16, n) < 0) {
 		log_err("cluster",
 			"outbox record %" PRIu64 " is not a batch; "
 			"run 'tallyctl check'",
@@ -220,7 +227,7 @@ static int collect(uint64_t key, const void *value, size_t len, void *ctx)
 		return 1;
 	}
 	memcpy(&r->committed_ns[r->n], value, 8);
-	memcpy(r->buf + r->len, (const char *)value + 8, n);
+	memcpy(r->buf + r->len, (const char *)value + 16, n);
 	r->key[r->n] = key;
 	r->off[r->n] = r->len;
 	r->out[r->n].len = n;
@@ -407,7 +414,7 @@ static void handle_record(struct tallyd *d, struct cluster_in *m)
 	 * same: if one is news, another host has this host's id.
 	 */
 	r = parse_node(m->node, node) ? ingest_remote(d, m->data, m->len, node)
-				       : INGEST_MALFORMED;
+				      : INGEST_MALFORMED;
 	if (own) {
 		STAT_ADD(d, own_records, 1);
 		if (STAT_GET(d, remote_usages) != before)

@@ -31,7 +31,7 @@
 #include "cluster_link.h"
 
 #define STREAM_NAME_MAX 32
-#define MSG_ID_MAX 64
+#define MSG_ID_MAX 128
 #define MAX_URLS 16
 /* Between reconnect attempts: short, so a restarted server is found fast. */
 #define RECONNECT_WAIT_MS 250
@@ -524,9 +524,9 @@ static int consumer_gone(struct cluster_link *l, int wait_ms)
 	api_options(&jo, wait_ms);
 	s = js_GetConsumerInfo(&ci, l->js, l->stream, l->durable, &jo, &code);
 	jsConsumerInfo_Destroy(ci);
-	if (s == NATS_OK || (s != NATS_NOT_FOUND &&
-			     code != JSConsumerNotFoundErr &&
-			     code != JSStreamNotFoundErr))
+	if (s == NATS_OK ||
+	    (s != NATS_NOT_FOUND && code != JSConsumerNotFoundErr &&
+	     code != JSStreamNotFoundErr))
 		return 0;
 	forget_setup(l);
 	say_gone(l, code);
@@ -1123,25 +1123,17 @@ static int fetched_none(struct cluster_link *l, int timeout_ms)
 }
 
 /*
- * Messages the server sent for an earlier pull request that had already
- * ended on this side (a fetch that timed out, a reconnect) wait in the
- * subscription, and libnats' fetch takes them first into an array of
- * Batch slots. Seen under ASan while servers restarted under load: a fetch
- * handed back more messages than its Batch, past both that array and the
- * caller's. So Batch always has room for all that waits, plus one; the
- * server never has more than MAX_ACK_PENDING out for this consumer.
+ * One message per fetch. Messages the server sent for an earlier pull
+ * request that had already ended on this side (a fetch that timed out, a
+ * reconnect) wait in the subscription, and libnats 3.4.1's fetch takes
+ * them first; with a batch above one it was seen, under ASan while servers
+ * restarted under load, to put more messages than the batch into its
+ * array, and tallyd then died in free(). With a batch of one the count can
+ * never pass it. A record holds up to 1,024 usages, and a fetch on
+ * loopback takes about 0.1 ms, so a host still takes in thousands of
+ * records a second.
  */
-static int batch_size(natsSubscription *sub, size_t max)
-{
-	int waiting = 0, bytes = 0;
-	int want = max > 4096 ? 4096 : (int)max;
-
-	if (natsSubscription_GetPending(sub, &waiting, &bytes) != NATS_OK)
-		waiting = 0;
-	if (waiting > MAX_ACK_PENDING)
-		waiting = MAX_ACK_PENDING;
-	return waiting >= want ? waiting + 1 : want;
-}
+#define FETCH_BATCH_SAFE 1
 
 /*
  * no_wait with an expiry asks the server to wait for the first message
@@ -1164,7 +1156,7 @@ static int link_fetch(struct cluster_link *l, struct cluster_in *in, size_t max,
 		return rc;
 	sub = atomic_load(&l->sub);
 	jsFetchRequest_Init(&req);
-	req.Batch = batch_size(sub, max);
+	req.Batch = FETCH_BATCH_SAFE;
 	asked = req.Batch;
 	req.NoWait = true;
 	req.Expires = (int64_t)(timeout_ms > FETCH_MIN_MS ? timeout_ms

@@ -47,7 +47,7 @@ struct cluster_link_config {
 
 /* One message to publish. */
 struct cluster_out {
-	/* The message id JetStream deduplicates by; at most 64 bytes. */
+	/* The message id JetStream deduplicates by; at most 128 bytes. */
 	const char *id;
 	const void *data;
 	size_t len;

@@ -389,6 +389,16 @@ static bool in_ranges(const struct producer *p, uint64_t seq)
 	return false;
 }
 
+/* The sequence moves on through the ranges that now follow it. */
+static void absorb_ranges(struct producer *p)
+{
+	while (p->nranges > 0 && p->ranges[0].first == p->accepted + 1) {
+		p->accepted += p->ranges[0].count;
+		memmove(&p->ranges[0], &p->ranges[1],
+			--p->nranges * sizeof(p->ranges[0]));
+	}
+}
+
 /*
  * Marks seq applied: the sequence moves on, taking in the ranges that now
  * follow it, or seq joins a range (a new one if it touches none). False,
@@ -400,11 +410,7 @@ static bool mark_applied(struct producer *p, uint64_t seq)
 
 	if (seq == p->accepted + 1) {
 		p->accepted = seq;
-		while (p->nranges > 0 && p->ranges[0].first == p->accepted + 1) {
-			p->accepted += p->ranges[0].count;
-			memmove(&p->ranges[0], &p->ranges[1],
-				--p->nranges * sizeof(p->ranges[0]));
-		}
+		absorb_ranges(p);
 		return true;
 	}
 	for (i = 0; i < p->nranges && p->ranges[i].first < seq; i++)
@@ -433,13 +439,37 @@ static bool mark_applied(struct producer *p, uint64_t seq)
 }
 
 /*
+ * A producer has as many holes as it may keep, and a record opens another:
+ * the oldest hole is given up, its usages counted as lost (a record that
+ * fills it later is a repeat). Waiting instead would stop the producer on
+ * this host for good when the holes never close (a stream deleted several
+ * times), and its redeliveries would fill the consumer's window until the
+ * host received nothing at all.
+ */
+static void give_up_hole(struct tallyd *d, struct producer *p)
+{
+	uint64_t lost = p->ranges[0].first - p->accepted - 1;
+	char id[2 * LEDGER_PRODUCER_ID_LEN + 1];
+
+	hex_id(id, p->id);
+	log_limited(&d->bad_input, LOG_ERR, "cluster",
+		    "producer %s: usages %" PRIu64 " to %" PRIu64
+		    " never came from the stream (%u holes open); "
+		    "counted as lost on this host",
+		    id, p->accepted + 1, p->ranges[0].first - 1,
+		    (unsigned)p->nranges);
+	STAT_ADD(d, remote_lost, lost);
+	p->accepted = p->ranges[0].first - 1;
+	absorb_ranges(p);
+}
+
+/*
  * A producer's records come from one host: the one that runs it (local
  * producers only from this host's own records) or the first host seen
  * with it. A record of it from another host is forged, or comes from a
  * copy of a ledger, and would use up sequence numbers that are not its.
  */
-static bool origin_ok(struct tallyd *d, struct producer *p,
-		      const uint8_t *node)
+static bool origin_ok(struct tallyd *d, struct producer *p, const uint8_t *node)
 {
 	static const uint8_t unknown[LEDGER_PRODUCER_ID_LEN];
 
@@ -476,12 +506,8 @@ static enum ingest_result apply_remote(struct tallyd *d, struct producer *p,
 			continue;
 		}
 		if (seq != p->accepted + 1 && p->nranges == LEDGER_RANGES_MAX &&
-		    !in_ranges(p, seq - 1) && !in_ranges(p, seq + 1)) {
-			/* Too many holes at once: wait for one to close. */
-			STAT_ADD(d, remote_gaps, 1);
-			result = INGEST_GAP;
-			break;
-		}
+		    !in_ranges(p, seq - 1) && !in_ranges(p, seq + 1))
+			give_up_hole(d, p);
 		usage_view_from_wire(&v, b->usages[i]);
 		rc = usage_check(&v);
 		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {

@@ -395,11 +395,16 @@ static int expire_producers(struct ledger *l, MDB_txn *txn, struct agg *a,
 	return rc;
 }
 
-/* The most usages, and about the most bytes, of one outbox record. */
+/*
+ * The most usages, and about the most bytes, of one outbox record: well
+ * under 64 KiB with its largest usage, so that a NATS server with a small
+ * max_payload still takes every record (one it refuses would hold up the
+ * outbox behind it for good).
+ */
 #define OUTBOX_MAX_USAGES 1024
-#define OUTBOX_MAX_BYTES (256 * 1024)
-/* Commit time, the producer field, first_seq and count fields. */
-#define OUTBOX_HEAD_MAX (8 + 2 + LEDGER_PRODUCER_ID_LEN + 11)
+#define OUTBOX_MAX_BYTES (48 * 1024)
+/* Commit time, nonce, the producer field, first_seq and count fields. */
+#define OUTBOX_HEAD_MAX (16 + 2 + LEDGER_PRODUCER_ID_LEN + 11)
 #define OUTBOX_TAIL_MAX 11
 
 static size_t put_varint(uint8_t *p, uint64_t v)
@@ -434,7 +439,7 @@ static int put_outbox_record(struct ledger *l, MDB_txn *txn,
 			     const char *usages, size_t len, uint32_t count,
 			     uint64_t now_ns, uint64_t *next)
 {
-	size_t need = OUTBOX_HEAD_MAX + len + OUTBOX_TAIL_MAX, n = 8;
+	size_t need = OUTBOX_HEAD_MAX + len + OUTBOX_TAIL_MAX, n = 16;
 	uint8_t k[8], *p;
 	MDB_val key = {8, k}, val;
 	int rc;
@@ -448,6 +453,11 @@ static int put_outbox_record(struct ledger *l, MDB_txn *txn,
 	}
 	p = l->outbuf;
 	memcpy(p, &now_ns, 8);
+	/* The record's message id ends with these random bytes: ids of
+	 * records not yet published cannot be guessed, so no one can make
+	 * JetStream drop one as a repeat by publishing its id first. */
+	if (getrandom(p + 8, 8, 0) != 8)
+		return EIO;
 	p[n++] = (1 << 3) | 2;
 	p[n++] = LEDGER_PRODUCER_ID_LEN;
 	memcpy(p + n, ap->item.key, LEDGER_PRODUCER_ID_LEN);
@@ -745,7 +755,7 @@ int ledger_outbox_read(struct ledger *l, uint64_t after, size_t max,
 	}
 	rc = mdb_cursor_get(cur, &key, &val, MDB_SET_RANGE);
 	for (; rc == 0 && n < max; n++) {
-		if (key.mv_size != 8 || val.mv_size < 8) {
+		if (key.mv_size != 8 || val.mv_size < 16) {
 			rc = MDB_CORRUPTED;
 			break;
 		}

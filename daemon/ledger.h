@@ -101,8 +101,8 @@ int ledger_has(struct ledger *l, MDB_dbi dbi, const void *key, size_t len);
 
 /*
  * ledger_outbox_read() - calls fn for up to max outbox records with a key
- * above after, in order; value is the record as stored (commit time, then
- * the batch). Returns how many, or a negative errno. The values are valid
+ * above after, in order; value is the record as stored (commit time,
+ * nonce, then the batch). Returns how many, or a negative errno. The values are valid
  * only during the call.
  */
 typedef int (*ledger_outbox_fn)(uint64_t key, const void *value, size_t len,

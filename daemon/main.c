@@ -52,7 +52,8 @@ static const char usage_text[] =
 	"      --cluster-replicas N    replicas of a stream tallyd creates (3)\n"
 	"      --cluster-max-age DURATION  how long the stream keeps records (7d;\n"
 	"                         0: for ever); a host down longer misses what\n"
-	"                         expired. --producer-ttl must be longer\n"
+	"                         expired. With --cluster, producers are\n"
+	"                         never expired (--producer-ttl is refused)\n"
 	"\n"
 	"  -v, --verbose          log more (repeatable)\n"
 	"  -q, --quiet            log less (repeatable)\n"
@@ -239,6 +240,7 @@ static int parse_value(struct tallyd_config *cfg, int c, const char *arg)
 	switch (c) {
 	case OPT_SESSION_TTL:
 	case OPT_PRODUCER_TTL:
+		cfg->producer_ttl_given |= c == OPT_PRODUCER_TTL;
 		return duration_arg(ttl, arg);
 	case OPT_METRICS_FILE:
 		cfg->metrics_file = arg;
@@ -252,7 +254,7 @@ static int parse_value(struct tallyd_config *cfg, int c, const char *arg)
  * must outlive the records. --cluster-* options without --cluster would
  * silently do nothing.
  */
-static int check_cluster(const struct tallyd_config *cfg)
+static int check_cluster(struct tallyd_config *cfg)
 {
 	if (cfg->cluster_urls == NULL && cfg->cluster_options) {
 		fputs("tallyd: --cluster-stream, --cluster-replicas and "
@@ -260,15 +262,17 @@ static int check_cluster(const struct tallyd_config *cfg)
 		      stderr);
 		return 2;
 	}
-	if (cfg->cluster_urls != NULL && cfg->producer_ttl_ms != 0 &&
-	    (cfg->cluster_max_age_ms == 0 ||
-	     cfg->producer_ttl_ms <= cfg->cluster_max_age_ms)) {
-		fputs("tallyd: with --cluster, --producer-ttl must be longer "
-		      "than --cluster-max-age (or 0): a stream record older "
-		      "than its producer's record would be counted again\n",
+	if (cfg->cluster_urls != NULL && cfg->producer_ttl_given) {
+		fputs("tallyd: --producer-ttl cannot be used with --cluster: "
+		      "a producer's record must outlive every copy of its "
+		      "usages in the stream, whose age another host may have "
+		      "set, or a replay of the stream would count them again\n",
 		      stderr);
 		return 2;
 	}
+	/* Kept for good: see above. */
+	if (cfg->cluster_urls != NULL)
+		cfg->producer_ttl_ms = 0;
 	return -1;
 }
 

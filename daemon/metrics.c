@@ -107,6 +107,7 @@ static void put_cluster(struct tallyd *d, FILE *f)
 	C(remote_gaps, "Stream records asked for again: came too early.");
 	C(remote_malformed, "Stream messages dropped: not a batch.");
 	C(remote_refused, "Stream records refused: producer of another host.");
+	C(remote_lost, "Usages of other hosts given up: never in the stream.");
 #undef C
 	put_metric(f, "tally_cluster_ready", "gauge",
 		   "1 when connected to JetStream and set up.",

@@ -37,8 +37,9 @@ struct tallyd_config {
 	const char *cluster_stream;
 	int cluster_replicas;
 	uint64_t cluster_max_age_ms;
-	/* A --cluster-* option was given. */
+	/* A --cluster-* option, and --producer-ttl, were given. */
 	bool cluster_options;
+	bool producer_ttl_given;
 };
 
 /* Counters for 'tallyctl stats'; names in stats_names[] of control.c. */
@@ -82,6 +83,7 @@ struct tallyd_stats {
 	_Atomic uint64_t remote_gaps;
 	_Atomic uint64_t remote_malformed;
 	_Atomic uint64_t remote_refused;
+	_Atomic uint64_t remote_lost;
 	_Atomic uint64_t consumer_pending;
 	_Atomic uint64_t consume_lag_ms;
 };

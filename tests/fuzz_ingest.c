@@ -72,8 +72,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 /* Each outbox record decodes as a sane batch; counts its usages. */
 static int check_record(uint64_t key, const void *value, size_t len, void *ctx)
 {
-	Tally__Batch *b =
-		tally__batch__unpack(NULL, len - 8, (const uint8_t *)value + 8);
+	Tally__Batch *b = tally__batch__unpack(NULL, len - 16,
+					       (const uint8_t *)value + 16);
 
 	if (b == NULL || b->producer.len != LEDGER_PRODUCER_ID_LEN ||
 	    b->count != b->n_usages || b->n_usages == 0)
