@@ -1123,17 +1123,26 @@ static int fetched_none(struct cluster_link *l, int timeout_ms)
 }
 
 /*
- * One message per fetch. Messages the server sent for an earlier pull
- * request that had already ended on this side (a fetch that timed out, a
- * reconnect) wait in the subscription, and libnats 3.4.1's fetch takes
- * them first; with a batch above one it was seen, under ASan while servers
+ * Messages the server sent for an earlier pull request that had already
+ * ended on this side (a fetch that timed out, a reconnect) wait in the
+ * subscription, and libnats 3.4.1's fetch takes them first. With such
+ * leftovers and a batch above one it was seen, under ASan while servers
  * restarted under load, to put more messages than the batch into its
- * array, and tallyd then died in free(). With a batch of one the count can
- * never pass it. A record holds up to 1,024 usages, and a fetch on
- * loopback takes about 0.1 ms, so a host still takes in thousands of
- * records a second.
+ * array, and tallyd then died in free(). So leftovers are taken one per
+ * fetch, which sends no request and cannot pass a batch of one; with none
+ * waiting, a fetch asks for a batch.
  */
-#define FETCH_BATCH_SAFE 1
+#define FETCH_BATCH_MAX 64
+
+static int batch_size(natsSubscription *sub, size_t max)
+{
+	int waiting = 0, bytes = 0;
+
+	if (natsSubscription_GetPending(sub, &waiting, &bytes) != NATS_OK ||
+	    waiting > 0)
+		return 1;
+	return max < FETCH_BATCH_MAX ? (int)max : FETCH_BATCH_MAX;
+}
 
 /*
  * no_wait with an expiry asks the server to wait for the first message
@@ -1156,7 +1165,7 @@ static int link_fetch(struct cluster_link *l, struct cluster_in *in, size_t max,
 		return rc;
 	sub = atomic_load(&l->sub);
 	jsFetchRequest_Init(&req);
-	req.Batch = FETCH_BATCH_SAFE;
+	req.Batch = batch_size(sub, max);
 	asked = req.Batch;
 	req.NoWait = true;
 	req.Expires = (int64_t)(timeout_ms > FETCH_MIN_MS ? timeout_ms

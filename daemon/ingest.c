@@ -439,16 +439,19 @@ static bool mark_applied(struct producer *p, uint64_t seq)
 }
 
 /*
- * A producer has as many holes as it may keep, and a record opens another:
- * the oldest hole is given up, its usages counted as lost (a record that
- * fills it later is a repeat). Waiting instead would stop the producer on
- * this host for good when the holes never close (a stream deleted several
- * times), and its redeliveries would fill the consumer's window until the
- * host received nothing at all.
+ * A producer has as many holes as it may keep, and usage seq would open
+ * another: the oldest hole is given up, its usages counted as lost (a
+ * record that fills it later is a repeat). If seq itself lies in that
+ * hole, only the part below seq is given up, and seq then follows the
+ * sequence. Either way every range stays above the sequence. Waiting
+ * instead would stop the producer on this host for good when the holes
+ * never close (a stream deleted several times), and its redeliveries
+ * would fill the consumer's window until the host received nothing.
  */
-static void give_up_hole(struct tallyd *d, struct producer *p)
+static void give_up_hole(struct tallyd *d, struct producer *p, uint64_t seq)
 {
-	uint64_t lost = p->ranges[0].first - p->accepted - 1;
+	uint64_t last =
+		seq < p->ranges[0].first ? seq - 1 : p->ranges[0].first - 1;
 	char id[2 * LEDGER_PRODUCER_ID_LEN + 1];
 
 	hex_id(id, p->id);
@@ -456,10 +459,9 @@ static void give_up_hole(struct tallyd *d, struct producer *p)
 		    "producer %s: usages %" PRIu64 " to %" PRIu64
 		    " never came from the stream (%u holes open); "
 		    "counted as lost on this host",
-		    id, p->accepted + 1, p->ranges[0].first - 1,
-		    (unsigned)p->nranges);
-	STAT_ADD(d, remote_lost, lost);
-	p->accepted = p->ranges[0].first - 1;
+		    id, p->accepted + 1, last, (unsigned)p->nranges);
+	STAT_ADD(d, remote_lost, last - p->accepted);
+	p->accepted = last;
 	absorb_ranges(p);
 }
 
@@ -507,7 +509,7 @@ static enum ingest_result apply_remote(struct tallyd *d, struct producer *p,
 		}
 		if (seq != p->accepted + 1 && p->nranges == LEDGER_RANGES_MAX &&
 		    !in_ranges(p, seq - 1) && !in_ranges(p, seq + 1))
-			give_up_hole(d, p);
+			give_up_hole(d, p, seq);
 		usage_view_from_wire(&v, b->usages[i]);
 		rc = usage_check(&v);
 		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {

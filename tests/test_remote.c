@@ -240,6 +240,75 @@ static void test_oldest_hole_is_given_up(void **state)
 	assert_int_equal(committed_input(f), last - 1);
 }
 
+/* Every range lies above the sequence, apart from it. */
+static void assert_ranges_above(const struct producer *p)
+{
+	for (uint32_t i = 0; i < p->nranges; i++)
+		assert_true(p->ranges[i].first > p->accepted + 1);
+}
+
+/* A late record inside the oldest hole, with 8 holes open. */
+static void test_late_record_inside_the_oldest_hole(void **state)
+{
+	struct fixture *f = *state;
+	struct producer *p;
+	uint64_t seq;
+
+	for (seq = 5; seq <= 19; seq += 2)
+		assert_int_equal(remote(f, host_b, producer, seq, 1),
+				 INGEST_APPLIED);
+	p = producer_find(&f->d, producer);
+	/* 3 gives up 1 and 2 only, and is applied. */
+	assert_int_equal(remote(f, host_b, producer, 3, 1), INGEST_APPLIED);
+	assert_int_equal(p->accepted, 3);
+	assert_int_equal(STAT_GET(&f->d, remote_lost), 2);
+	assert_ranges_above(p);
+	/* 23 gives up 4, the rest of the oldest hole. */
+	assert_int_equal(remote(f, host_b, producer, 23, 1), INGEST_APPLIED);
+	assert_int_equal(p->accepted, 5);
+	assert_int_equal(STAT_GET(&f->d, remote_lost), 3);
+	assert_ranges_above(p);
+	/* Everything again: 1, 2 and 4 are lost for good, the others that
+	 * never came close their holes. */
+	for (seq = 1; seq <= 23; seq++)
+		assert_int_equal(remote(f, host_b, producer, seq, 1),
+				 INGEST_APPLIED);
+	assert_ranges_above(p);
+	commit(f);
+	assert_int_equal(committed_input(f), 23 - 3);
+	assert_int_equal(p->accepted, 23);
+	assert_int_equal(p->nranges, 0);
+	assert_int_equal(STAT_GET(&f->d, remote_lost), 3);
+}
+
+/* Ten-usage records, two late ones in reverse order. */
+static void test_late_records_in_reverse(void **state)
+{
+	struct fixture *f = *state;
+	struct producer *p;
+	uint64_t first;
+
+	assert_int_equal(remote(f, host_b, producer, 1, 10), INGEST_APPLIED);
+	for (first = 31; first <= 171; first += 20)
+		assert_int_equal(remote(f, host_b, producer, first, 10),
+				 INGEST_APPLIED);
+	p = producer_find(&f->d, producer);
+	assert_int_equal(p->nranges, LEDGER_RANGES_MAX);
+	assert_int_equal(remote(f, host_b, producer, 21, 10), INGEST_APPLIED);
+	assert_int_equal(p->accepted, 40);
+	assert_int_equal(STAT_GET(&f->d, remote_lost), 10);
+	assert_ranges_above(p);
+	assert_int_equal(remote(f, host_b, producer, 11, 10), INGEST_APPLIED);
+	/* The holes that stay open close when their records come. */
+	for (first = 41; first <= 161; first += 20)
+		assert_int_equal(remote(f, host_b, producer, first, 10),
+				 INGEST_APPLIED);
+	assert_int_equal(p->accepted, 180);
+	assert_int_equal(p->nranges, 0);
+	commit(f);
+	assert_int_equal(committed_input(f), 170);
+}
+
 static void test_forged_records_are_refused(void **state)
 {
 	struct fixture *f = *state;
@@ -275,6 +344,11 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_hole_survives_a_restart,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_oldest_hole_is_given_up,
+						setup, teardown),
+		cmocka_unit_test_setup_teardown(
+			test_late_record_inside_the_oldest_hole, setup,
+			teardown),
+		cmocka_unit_test_setup_teardown(test_late_records_in_reverse,
 						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_forged_records_are_refused,
 						setup, teardown),
