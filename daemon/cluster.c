@@ -418,12 +418,13 @@ static void handle_record(struct tallyd *d, struct cluster_in *m)
 	if (own) {
 		STAT_ADD(d, own_records, 1);
 		if (STAT_GET(d, remote_usages) != before)
-			log_limited(&c->rx_log, LOG_ERR, "cluster",
+			log_limited(&c->rx_log, LOG_WARNING, "cluster",
 				    "stream message %" PRIu64
-				    " has this host's "
-				    "id %s but usages this ledger lacked: "
-				    "another host runs a copy of this ledger; "
-				    "give it a fresh ledger directory",
+				    " has this host's id %s but usages this "
+				    "ledger lacked, now applied: the ledger "
+				    "was restored from an older copy, or "
+				    "another host runs a copy of it (give "
+				    "that one a fresh ledger directory)",
 				    m->stream_seq, c->node);
 	}
 	switch (r) {

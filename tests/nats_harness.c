@@ -243,7 +243,8 @@ int nats_request(int port, const char *subject, const char *payload,
 
 	n = snprintf(out, sizeof(out),
 		     "CONNECT {\"verbose\":false,\"pedantic\":false}\r\n"
-		     "SUB " REQ_INBOX " 1\r\nPUB %s " REQ_INBOX " %zu\r\n%s\r\n",
+		     "SUB " REQ_INBOX " 1\r\nPUB %s " REQ_INBOX
+		     " %zu\r\n%s\r\n",
 		     subject, strlen(payload), payload);
 	if (n < 0 || (size_t)n >= sizeof(out) || size == 0)
 		return -EINVAL;

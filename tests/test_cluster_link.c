@@ -805,8 +805,8 @@ static void test_cluster_link_publishes_through_restarts(void **state)
 	atomic_store(&st.stop, true);
 	pthread_join(pub, NULL);
 	pthread_join(con, NULL);
-	fprintf(stderr, "stress: %d rounds, %d stored, %d fetched\n",
-		st.rounds, st.stored, st.fetched);
+	fprintf(stderr, "stress: %d rounds, %d stored, %d fetched\n", st.rounds,
+		st.stored, st.fetched);
 	assert_true(st.stored > 0);
 	wait_ready(f, 1, READY_MS);
 	publish_until_stored(f, 0, 10, 10000);
