@@ -568,7 +568,11 @@ static int load_module(struct cluster *c)
 
 	if (path == NULL || path[0] == '\0')
 		path = TALLY_MODULE_DIR "/" MODULE_NAME;
-	c->module = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	/*
+	 * Never unloaded: libnats' own threads may outlive the link's close
+	 * by a little, and must not find their code unmapped.
+	 */
+	c->module = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
 	if (c->module == NULL) {
 		log_err("cluster",
 			"cannot load %s: %s; --cluster needs tally built "
@@ -592,8 +596,6 @@ static void free_cluster(struct cluster *c)
 {
 	if (c->event_fd >= 0)
 		close(c->event_fd);
-	if (c->module != NULL)
-		dlclose(c->module);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->wake);
 	pthread_cond_destroy(&c->room);
