@@ -433,7 +433,7 @@ static void handle_record(struct tallyd *d, struct cluster_in *m)
 			return;
 		/* Not held, so never acked: it comes again and is a repeat. */
 		break;
-	case INGEST_GAP:
+	case INGEST_GAP: /* not for records of other hosts */
 	case INGEST_RETRY:
 		c->ops->nak(c->link, m, GAP_DELAY_MS);
 		break;

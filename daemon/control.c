@@ -250,9 +250,9 @@ static const struct {
 	F(published_records), F(publish_failures),
 	F(consumed_records),  F(own_records),
 	F(remote_usages),     F(remote_duplicates),
-	F(remote_gaps),	      F(remote_malformed),
-	F(remote_refused),    F(remote_lost),
-	F(consumer_pending),  F(consume_lag_ms),
+	F(remote_malformed),  F(remote_refused),
+	F(remote_lost),	      F(consumer_pending),
+	F(consume_lag_ms),
 #undef F
 };
 

@@ -513,6 +513,10 @@ static enum ingest_result apply_remote(struct tallyd *d, struct producer *p,
 		usage_view_from_wire(&v, b->usages[i]);
 		rc = usage_check(&v);
 		if (rc == 0 && (rc = agg_add(d->fill, &v, now)) == -ENOMEM) {
+			log_limited(&d->bad_input, LOG_ERR, "cluster",
+				    "out of memory; the stream will bring "
+				    "usage %" PRIu64 " again",
+				    seq);
 			result = INGEST_RETRY;
 			break;
 		}
@@ -539,8 +543,12 @@ enum ingest_result ingest_remote(struct tallyd *d, const void *buf, size_t len,
 	if (b == NULL || !batch_sane(b))
 		return INGEST_MALFORMED;
 	p = producer_get(d, b->producer.data);
-	if (p == NULL)
+	if (p == NULL) {
+		log_limited(&d->bad_input, LOG_ERR, "cluster",
+			    "cannot read producer state; the stream will "
+			    "bring the record again");
 		return INGEST_RETRY;
+	}
 	if (!origin_ok(d, p, node))
 		return INGEST_REFUSED;
 	p->last_ms = now_ms();

@@ -104,7 +104,6 @@ static void put_cluster(struct tallyd *d, FILE *f)
 	C(consumed_records, "Stream records taken by this host.");
 	C(remote_usages, "Usages of other hosts applied.");
 	C(remote_duplicates, "Stream usages already applied.");
-	C(remote_gaps, "Stream records asked for again: came too early.");
 	C(remote_malformed, "Stream messages dropped: not a batch.");
 	C(remote_refused, "Stream records refused: producer of another host.");
 	C(remote_lost, "Usages of other hosts given up: never in the stream.");

@@ -80,7 +80,6 @@ struct tallyd_stats {
 	_Atomic uint64_t own_records;
 	_Atomic uint64_t remote_usages;
 	_Atomic uint64_t remote_duplicates;
-	_Atomic uint64_t remote_gaps;
 	_Atomic uint64_t remote_malformed;
 	_Atomic uint64_t remote_refused;
 	_Atomic uint64_t remote_lost;

@@ -311,7 +311,7 @@ static void print_stats(struct fixture *f, int h)
 	static const char *const names[] = {
 		"cluster_state", "outbox_entries", "published_records",
 		"publish_failures", "consumed_records", "own_records",
-		"remote_usages", "remote_duplicates", "remote_gaps",
+		"remote_usages", "remote_duplicates", "remote_lost",
 		"consumer_pending", "consume_lag_ms",
 	};
 	/* clang-format on */
